@@ -1,0 +1,51 @@
+"""The project's checkpoint format, shared by the converter, training, evaluation and export.
+
+A checkpoint is a Lightning-style dict: ``state_dict`` with the detector's weights under the
+``model.`` prefix and ``hyper_parameters`` holding ``alpha``, ``input_size`` and ``num_classes``.
+Files written by ``python -m ssd_mnv1.convert`` and by Lightning training share it, so either loads
+with :func:`load_checkpoint` and either can initialise training.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .fileio import atomic_torch_save
+from .model import SSDMobileNetV1, build_model
+
+MODEL_PREFIX = "model."
+MODEL_HPARAMS = ("alpha", "input_size", "num_classes")
+
+
+def save_checkpoint(model: SSDMobileNetV1, path: str | os.PathLike, **extra) -> Path:
+    """Write ``model`` as a project checkpoint (atomically)."""
+    state = {MODEL_PREFIX + k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save({"state_dict": state, "hyper_parameters": model.hparams(), "ssd_mnv1": extra}, path)
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SSDMobileNetV1:
+    """Build the detector described by a project/Lightning checkpoint and load its weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint ({exc})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"{path}: not an ssd_mnv1 checkpoint (no 'state_dict')")
+    hp = ckpt.get("hyper_parameters") or {}
+    missing = [k for k in MODEL_HPARAMS if k not in hp]
+    if missing:
+        raise ValueError(f"{path}: hyper_parameters lack {', '.join(missing)}")
+    model = build_model(**{k: hp[k] for k in MODEL_HPARAMS})
+    state = {k[len(MODEL_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"{path}: weights do not fit the {hp['input_size']} model: "
+                         f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+    return model

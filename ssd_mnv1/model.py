@@ -1,0 +1,98 @@
+"""The detector: MobileNetV1 backbone + ST's FPN-lite neck + SSD head, with ST's three outputs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .anchors import generate_anchors
+from .backbone import MobileNetV1
+from .head import SSDHead
+from .neck import FPNLite
+from .specs import check_alpha, resolution_spec
+
+
+class SSDMobileNetV1(nn.Module):
+    """ST's ``st_ssd_mobilenet_v1`` in PyTorch.
+
+    ``forward(x)`` with ``x`` float ``(N, 3, S, S)`` in [-1, 1] returns ``(scores, offsets, anchors)``:
+    softmax scores ``(N, NA, 1 + num_classes)`` with background in column 0, corner offsets
+    ``(N, NA, 4)`` and normalized anchors ``(N, NA, 4)`` - the tensors, order and anchor order of
+    ST's .h5. Training code uses :meth:`forward_logits` to get the pre-softmax logits.
+    """
+
+    def __init__(self, alpha: float = 0.25, input_size: int = 224, num_classes: int = 1):
+        super().__init__()
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+        self.alpha = check_alpha(alpha)
+        self.spec = resolution_spec(input_size)
+        self.input_size = self.spec.input_size
+        self.num_classes = int(num_classes)
+        self.backbone = MobileNetV1(alpha)
+        self.neck = FPNLite(self.backbone.out_channels, self.spec)
+        self.head = SSDHead(self.spec, self.num_classes)
+        self.register_buffer("anchors", generate_anchors(self.spec), persistent=False)
+        self.reset_parameters()
+
+    @property
+    def num_anchors(self) -> int:
+        return self.spec.num_anchors
+
+    def hparams(self) -> dict:
+        """Constructor arguments, enough to rebuild the model from a checkpoint."""
+        return {"alpha": self.alpha, "input_size": self.input_size, "num_classes": self.num_classes}
+
+    def reset_parameters(self) -> None:
+        """Keras initialisers: glorot-uniform backbone, he-normal (truncated) ST layers, zero biases."""
+        for module in self.backbone.modules():
+            if isinstance(module, nn.Conv2d):
+                _keras_init(module, "glorot_uniform")
+        for part in (self.neck, self.head):
+            for module in part.modules():
+                if isinstance(module, nn.Conv2d):
+                    _keras_init(module, "he_normal")
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.reset_parameters()
+                module.reset_running_stats()
+
+    def forward_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits ``(N, NA, 1+num_classes)`` and offsets ``(N, NA, 4)``."""
+        return self.head(self.neck(self.backbone(x)))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, offsets = self.forward_logits(x)
+        anchors = self.anchors.unsqueeze(0).expand(x.shape[0], -1, -1)
+        return logits.softmax(dim=-1), offsets, anchors
+
+
+def _keras_fans(conv: nn.Conv2d) -> tuple[int, int]:
+    """Fan-in/out as Keras computes them from its own kernel layout.
+
+    Keras sees a depthwise kernel as (kh, kw, C, 1), so its fan-in is kh*kw*C (not kh*kw).
+    """
+    kh, kw = conv.kernel_size
+    if conv.groups > 1:
+        return kh * kw * conv.in_channels, kh * kw
+    return kh * kw * conv.in_channels, kh * kw * conv.out_channels
+
+
+def _keras_init(conv: nn.Conv2d, kind: str) -> None:
+    fan_in, fan_out = _keras_fans(conv)
+    with torch.no_grad():
+        if kind == "glorot_uniform":
+            limit = math.sqrt(6.0 / (fan_in + fan_out))
+            conv.weight.uniform_(-limit, limit)
+        else:  # he_normal: truncated normal at 2 std, std corrected for the truncation (Keras 2.8)
+            std = math.sqrt(2.0 / fan_in) / 0.87962566103423978
+            nn.init.trunc_normal_(conv.weight, 0.0, std, -2 * std, 2 * std)
+        if conv.bias is not None:
+            conv.bias.zero_()
+
+
+def build_model(alpha: float = 0.25, input_size: int = 224, num_classes: int = 1) -> SSDMobileNetV1:
+    """Build ST's SSD-MobileNetV1 (randomly initialised, Keras initialisers)."""
+    return SSDMobileNetV1(alpha=alpha, input_size=input_size, num_classes=num_classes)

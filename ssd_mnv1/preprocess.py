@@ -1,0 +1,86 @@
+"""Preprocessing exactly as ST: RGB, stretch to SxS ("fit", no letterbox), then x/127.5 - 1.
+
+ST resizes with ``tf.image.resize(method='nearest')``: half-pixel centres, source index
+``min(floor((i + 0.5) * in/out), in - 1)`` computed in float32. That is neither PyTorch's legacy
+``nearest`` nor reliably PIL's NEAREST, so the indices are gathered explicitly here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+INTERPOLATIONS = ("nearest", "bilinear")
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to uint8 HWC RGB, applying EXIF orientation (greyscale/RGBA/CMYK/16-bit ok)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            return pil_to_rgb(im)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such image file") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot decode image ({exc})") from None
+
+
+def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """PIL image of any mode to uint8 HWC RGB (16-bit greyscale is scaled, alpha is dropped)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(np.round(arr * 255.0 / peak), 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def _as_uint8_hwc(image) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        return pil_to_rgb(image)
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"expected a uint8 HxWx3 RGB array or a PIL image, got {arr.dtype} {arr.shape}")
+    return arr
+
+
+def tf_nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+    """Source indices of TF2's half-pixel nearest resize (float32 arithmetic, as TF does)."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = np.floor((np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale)
+    return np.minimum(src.astype(np.int64), in_size - 1)
+
+
+def resize(image, size: int, interpolation: str = "nearest") -> np.ndarray:
+    """Stretch to ``size x size``: uint8 HWC for ``nearest``, float32 HWC (0..255) for ``bilinear``.
+
+    Bilinear is TF's ``tf.image.resize(..., 'bilinear')`` (half-pixel centres, no antialias), which
+    is ``F.interpolate(mode='bilinear', align_corners=False)``.
+    """
+    arr = _as_uint8_hwc(image)
+    if interpolation == "nearest":
+        rows = tf_nearest_indices(arr.shape[0], size)
+        cols = tf_nearest_indices(arr.shape[1], size)
+        return arr[rows][:, cols]
+    if interpolation == "bilinear":
+        t = torch.from_numpy(arr).permute(2, 0, 1)[None].float()
+        out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+        return out[0].permute(1, 2, 0).numpy()
+    raise ValueError(f"unknown interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}")
+
+
+def normalize(pixels) -> torch.Tensor:
+    """HWC pixels (uint8 or float 0..255) -> float CHW tensor in [-1, 1] (x/127.5 - 1)."""
+    t = torch.as_tensor(np.ascontiguousarray(pixels)).permute(2, 0, 1).float()
+    return t / 127.5 - 1.0
+
+
+def preprocess(image, size: int, interpolation: str = "nearest") -> torch.Tensor:
+    """uint8 HWC RGB array or PIL image -> float tensor ``(3, size, size)`` ready for the model."""
+    return normalize(resize(image, size, interpolation))
