@@ -12,23 +12,28 @@ import os
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .fileio import atomic_torch_save
-from .model import SSDMobileNetV1, build_model
+from .model import build_model
 
 MODEL_PREFIX = "model."
 MODEL_HPARAMS = ("alpha", "input_size", "num_classes")
 
 
-def save_checkpoint(model: SSDMobileNetV1, path: str | os.PathLike, **extra) -> Path:
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, **extra) -> Path:
     """Write ``model`` as a project checkpoint (atomically)."""
     state = {MODEL_PREFIX + k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_torch_save({"state_dict": state, "hyper_parameters": model.hparams(), "ssd_mnv1": extra}, path)
     return Path(path)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SSDMobileNetV1:
-    """Build the detector described by a project/Lightning checkpoint and load its weights."""
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Build the detector described by a project/Lightning checkpoint and load its weights.
+
+    A quantization-aware checkpoint (``hyper_parameters['qat']``) gives a
+    :class:`~ssd_mnv1.quantization.QATDetector`.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
@@ -43,6 +48,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if missing:
         raise ValueError(f"{path}: hyper_parameters lack {', '.join(missing)}")
     model = build_model(**{k: hp[k] for k in MODEL_HPARAMS})
+    if hp.get("qat"):
+        from .quantization import prepare_qat
+
+        model = prepare_qat(model)
     state = {k[len(MODEL_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:

@@ -1,0 +1,213 @@
+"""The export chain and its per-stage accuracy ledger.
+
+checkpoint / .h5 -> PyTorch float (or QAT fake-quant -> stripped float on the int8 grid)
+-> ONNX (checker + onnxruntime parity) -> onnx2tf SavedModel -> TFLite float32 -> TFLite int8.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ssd_mnv1.anchors import generate_anchors
+from ssd_mnv1.fileio import atomic_path, atomic_write_text
+
+from . import onnx_stage, tf_stage, tflite_edit
+
+TARGETS = ("onnx", "tflite-fp32", "tflite-int8")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+@dataclass
+class ExportResult:
+    files: dict[str, Path] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    onnx_parity: dict[str, float] = field(default_factory=dict)
+
+
+def load_model(path: str | os.PathLike):
+    """(float model to export, optional fake-quant model) from a .ckpt or .h5."""
+    from ssd_mnv1.checkpoint import load_checkpoint
+    from ssd_mnv1.weights import load_keras_h5
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model file")
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        return load_keras_h5(path).eval(), None
+    if path.suffix.lower() in (".ckpt", ".pt", ".pth"):
+        model = load_checkpoint(path).eval()
+        if getattr(model, "is_qat", False):
+            return model.to_float().eval(), model
+        return model, None
+    raise ValueError(f"{path}: cannot export '{path.suffix}' files; give a .ckpt or an .h5")
+
+
+def calibration_images(source: str | os.PathLike, size: int, count: int = 100, seed: int = 0) -> list[np.ndarray]:
+    """Up to ``count`` images from a folder (searched recursively), shuffled with ``seed``,
+    preprocessed as ST's representative dataset: nearest resize, x/127.5 - 1, NHWC float32."""
+    from ssd_mnv1.preprocess import load_image, resize
+
+    source = Path(source)
+    if not source.is_dir():
+        raise NotADirectoryError(f"--calib {source}: no such folder")
+    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"--calib {source}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    rng = np.random.default_rng(seed)
+    picked = [files[i] for i in rng.permutation(len(files))[:count]]
+    return [resize(load_image(p), size).astype(np.float32)[None] / np.float32(127.5) - np.float32(1.0)
+            for p in picked]
+
+
+def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str = "tflite-int8", *,
+           calib: str | os.PathLike | None = None, calib_count: int = 100, per_tensor: bool = False,
+           log=print) -> ExportResult:
+    if to not in TARGETS:
+        raise ValueError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
+    if to == "tflite-int8" and calib is None:
+        raise ValueError("--to tflite-int8 needs --calib DIR (images for the int8 calibration)")
+    model, _ = load_model(model_path)
+    size = model.input_size
+    calib_data = calibration_images(calib, size, calib_count) if to == "tflite-int8" else None
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = Path(model_path).stem
+    result = ExportResult()
+
+    t0 = time.perf_counter()
+    onnx_path = onnx_stage.export_onnx(model, out_dir / f"{stem}.onnx")
+    probe = np.stack([np.linspace(-1, 1, 3 * size * size, dtype=np.float32).reshape(3, size, size)] +
+                     ([c[0].transpose(2, 0, 1) for c in calib_data[:3]] if calib_data else []))
+    result.onnx_parity = onnx_stage.onnx_parity(onnx_path, model, probe)
+    result.files["onnx"] = onnx_path
+    result.timings["onnx"] = time.perf_counter() - t0
+    log(f"onnx: {onnx_path} (onnxruntime vs PyTorch max |d| scores {result.onnx_parity['scores']:.2e}, "
+        f"offsets {result.onnx_parity['offsets']:.2e})")
+    if to == "onnx":
+        return result
+
+    anchors = generate_anchors(size).numpy()
+    with tempfile.TemporaryDirectory(prefix="ssd_mnv1_export_") as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        stripped = onnx_stage.strip_constant_outputs(onnx_path, tmp / "no_anchors.onnx")
+        saved = tf_stage.onnx_to_saved_model(stripped, tmp / "saved_model", tmp / "onnx2tf")
+        final_saved = out_dir / "saved_model"
+        shutil.rmtree(final_saved, ignore_errors=True)
+        shutil.copytree(saved, tmp / "saved_model_copy")
+        os.replace(tmp / "saved_model_copy", final_saved)
+        result.files["saved_model"] = final_saved
+        result.timings["onnx2tf"] = time.perf_counter() - t0
+        log(f"saved_model: {final_saved}")
+
+        t0 = time.perf_counter()
+        fp32 = tflite_edit.finalize_outputs(tf_stage.to_tflite_float(saved), anchors, quantized=False)
+        result.files["tflite-fp32"] = _write(out_dir / f"{stem}_float32.tflite", fp32)
+        result.timings["tflite-fp32"] = time.perf_counter() - t0
+        log(f"tflite-fp32: {result.files['tflite-fp32']}")
+        if to == "tflite-fp32":
+            return result
+
+        t0 = time.perf_counter()
+        int8 = tf_stage.to_tflite_int8(saved, calib_data, per_tensor=per_tensor)
+        int8 = tflite_edit.finalize_outputs(int8, anchors, quantized=True)
+        name = f"{stem}_int8{'_per_tensor' if per_tensor else ''}.tflite"
+        result.files["tflite-int8"] = _write(out_dir / name, int8)
+        result.timings["tflite-int8"] = time.perf_counter() - t0
+        ops = tflite_edit.op_list(result.files["tflite-int8"])
+        bad = sorted({op for op in ops if op.startswith("CUSTOM")})
+        if bad:
+            raise RuntimeError(f"int8 model contains custom/Flex ops {bad}")
+        log(f"tflite-int8: {result.files['tflite-int8']} ({len(calib_data)} calibration images, "
+            f"{'per-tensor' if per_tensor else 'per-channel'})")
+    return result
+
+
+def _write(path: Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+# ------------------------------------------------------------------------------------- ledger
+
+
+def build_ledger(model_path, result: ExportResult, data: str | os.PathLike, *, limit: int | None = None,
+                 diff_images: int = 16, int8_input: str = "raw") -> dict:
+    """Evaluate every stage the export produced on ``data`` with the project's evaluator."""
+    from ssd_mnv1.data import open_dataset
+    from ssd_mnv1.evaluate import evaluate, resize_all
+    from ssd_mnv1.runners import OnnxRunner, TFLiteRunner, TorchRunner
+
+    float_model, fake_quant = load_model(model_path)
+    dataset = open_dataset(data)
+    images = resize_all(dataset, float_model.input_size)
+    if limit is not None:
+        images = images[:limit]
+    stages = [("pytorch-float", TorchRunner(float_model, "pytorch-float"), None)]
+    if fake_quant is not None:
+        stages.append(("pytorch-fake-quant", TorchRunner(fake_quant, "pytorch-fake-quant"), None))
+    stages.append(("onnx", OnnxRunner(result.files["onnx"]), result.files["onnx"]))
+    for key in ("tflite-fp32", "tflite-int8"):
+        if key in result.files:
+            stages.append((key, TFLiteRunner(result.files[key], int8_input=int8_input), result.files[key]))
+    rows, previous = [], None
+    probe = images[:diff_images]
+    for name, runner, path in stages:
+        outs = runner(probe)
+        ev = evaluate(runner, dataset, ("st20",), images=images, limit=len(images), progress=False)
+        row = {"stage": name, "st_ap_20": ev.st_ap["st20"], "images": ev.images,
+               "file": str(path) if path else None,
+               "size_bytes": Path(path).stat().st_size if path else _param_bytes(runner.model),
+               "max_diff_scores": None, "max_diff_offsets": None}
+        if previous is not None:
+            row["max_diff_scores"] = float(np.abs(outs[0] - previous[0]).max())
+            row["max_diff_offsets"] = float(np.abs(outs[1] - previous[1]).max())
+        if name == "tflite-int8":
+            row["ops"] = tflite_edit.op_list(path)
+        rows.append(row)
+        previous = outs
+    return {"model": str(model_path), "data": str(data), "input_size": float_model.input_size,
+            "int8_input": int8_input, "diff_images": len(probe), "stages": rows,
+            "timings_s": {k: round(v, 2) for k, v in result.timings.items()}}
+
+
+def _param_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def ledger_markdown(ledger: dict) -> str:
+    lines = [f"# Export ledger: `{ledger['model']}`", "",
+             f"ST-AP (st20, IoU 0.4) on `{ledger['data']}` ({ledger['stages'][0]['images']} images, "
+             f"{ledger['input_size']}x{ledger['input_size']}); max |Δ| to the previous stage on "
+             f"{ledger['diff_images']} images; int8 input: {ledger['int8_input']} uint8 pixels.", "",
+             "| stage | ST-AP | Δ ST-AP vs float | max Δ scores | max Δ offsets | size |", "|---|---|---|---|---|---|"]
+    base = ledger["stages"][0]["st_ap_20"]
+    for r in ledger["stages"]:
+        fmt = (lambda v: "–" if v is None else f"{v:.2e}")
+        lines.append(f"| {r['stage']} | {r['st_ap_20']:.2f} | {r['st_ap_20'] - base:+.2f} | {fmt(r['max_diff_scores'])} | "
+                     f"{fmt(r['max_diff_offsets'])} | {r['size_bytes'] / 1024:.1f} KiB |")
+    for r in ledger["stages"]:
+        if "ops" in r:
+            counts: dict[str, int] = {}
+            for op in r["ops"]:
+                counts[op] = counts.get(op, 0) + 1
+            lines += ["", "int8 ops: " + ", ".join(f"{k} ×{v}" for k, v in sorted(counts.items()))]
+    lines += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in ledger["timings_s"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_ledger(ledger: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "ledger.json", json.dumps(ledger, indent=2) + "\n")
+    atomic_write_text(out_dir / "ledger.md", ledger_markdown(ledger))
+    return out_dir / "ledger.json", out_dir / "ledger.md"

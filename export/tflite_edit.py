@@ -1,0 +1,136 @@
+"""Flatbuffer edits that give our TFLite files ST's exact output contract.
+
+TensorFlow folds the anchors (a constant) out of the graph and orders outputs its own way. ST's
+files have three float32 outputs, in this order: scores (1,NA,1+C), offsets (1,NA,4), anchors
+(1,NA,4), the anchors being an int8 constant followed by DEQUANTIZE. This module appends the
+anchors the same way (a float constant + RESHAPE in float files) and fixes the output order and the
+signature, using TensorFlow's own flatbuffer schema bindings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+OUTPUT_NAMES = ("scores", "offsets", "anchors")
+
+
+def _schema():
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return schema, flatbuffer_utils
+
+
+def int8_affine(values: np.ndarray) -> tuple[float, int, np.ndarray]:
+    """Per-tensor asymmetric int8 quantization of a constant (TFLite's min/max rule, range incl. 0)."""
+    lo, hi = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
+    scale = (hi - lo) / 255.0
+    zero_point = int(np.clip(np.round(-128 - lo / scale), -128, 127))
+    q = np.clip(np.round(values / scale) + zero_point, -128, 127).astype(np.int8)
+    return scale, zero_point, q
+
+
+def _opcode_index(model, schema, builtin: int) -> int:
+    for i, code in enumerate(model.operatorCodes):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+            return i
+    code = schema.OperatorCodeT()
+    code.builtinCode = builtin
+    code.deprecatedBuiltinCode = min(builtin, 127)
+    code.version = 1
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
+def _add_tensor(model, sg, schema, name: str, shape, dtype: int, data: np.ndarray | None = None,
+                quant: tuple[float, int] | None = None) -> int:
+    buf = schema.BufferT()
+    if data is not None:
+        buf.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), dtype=np.uint8)
+    model.buffers.append(buf)
+    t = schema.TensorT()
+    t.shape = np.asarray(shape, dtype=np.int32)
+    t.shapeSignature = None
+    t.type = dtype
+    t.buffer = len(model.buffers) - 1
+    t.name = name.encode()
+    if quant is not None:
+        q = schema.QuantizationParametersT()
+        q.scale = [float(quant[0])]
+        q.zeroPoint = [int(quant[1])]
+        t.quantization = q
+    sg.tensors.append(t)
+    return len(sg.tensors) - 1
+
+
+def finalize_outputs(tflite: bytes, anchors: np.ndarray, *, quantized: bool) -> bytes:
+    """Append the anchors output and order outputs (scores, offsets, anchors) with ST's signature."""
+    schema, fbu = _schema()
+    model = fbu.convert_bytearray_to_object(bytearray(tflite))
+    if len(model.subgraphs) != 1:
+        raise ValueError(f"expected one subgraph, found {len(model.subgraphs)}")
+    sg = model.subgraphs[0]
+    outs = list(sg.outputs)
+    shapes = {i: tuple(sg.tensors[i].shape) for i in outs}
+    na = anchors.shape[0]
+    if len(outs) != 2:
+        raise ValueError(f"expected 2 outputs (scores, offsets) before adding anchors, found {len(outs)}: {shapes}")
+    offsets_i = [i for i in outs if shapes[i] == (1, na, 4)]
+    scores_i = [i for i in outs if i not in offsets_i[:1]]
+    if not offsets_i or len(scores_i) != 1 or shapes[scores_i[0]][:2] != (1, na):
+        raise ValueError(f"cannot tell scores from offsets in outputs {shapes}")
+    scores_i, offsets_i = scores_i[0], offsets_i[0]
+    anchors = anchors.reshape(1, na, 4).astype(np.float32)
+    T = schema.TensorType
+    out_i = _add_tensor(model, sg, schema, "anchors", (1, na, 4), T.FLOAT32)
+    op = schema.OperatorT()
+    if quantized:
+        scale, zp, q = int8_affine(anchors)
+        # XNNPACK refuses a DEQUANTIZE fed directly by a constant, so a RESHAPE sits between
+        # (ST's files have TILE/RESHAPE there).
+        const_i = _add_tensor(model, sg, schema, "anchors_int8_const", (na, 4), T.INT8, q, (scale, zp))
+        shape_i = _add_tensor(model, sg, schema, "anchors_shape", (3,), T.INT32, np.asarray([1, na, 4], np.int32))
+        mid_i = _add_tensor(model, sg, schema, "anchors_int8", (1, na, 4), T.INT8, None, (scale, zp))
+        reshape = schema.OperatorT()
+        reshape.opcodeIndex = _opcode_index(model, schema, schema.BuiltinOperator.RESHAPE)
+        reshape.inputs = np.asarray([const_i, shape_i], dtype=np.int32)
+        reshape.outputs = np.asarray([mid_i], dtype=np.int32)
+        sg.operators.append(reshape)
+        op.opcodeIndex = _opcode_index(model, schema, schema.BuiltinOperator.DEQUANTIZE)
+        op.inputs = np.asarray([mid_i], dtype=np.int32)
+    else:
+        const_i = _add_tensor(model, sg, schema, "anchors_const", (1, na, 4), T.FLOAT32, anchors)
+        shape_i = _add_tensor(model, sg, schema, "anchors_shape", (3,), T.INT32, np.asarray([1, na, 4], np.int32))
+        op.opcodeIndex = _opcode_index(model, schema, schema.BuiltinOperator.RESHAPE)
+        op.inputs = np.asarray([const_i, shape_i], dtype=np.int32)
+    op.outputs = np.asarray([out_i], dtype=np.int32)
+    sg.operators.append(op)
+    sg.outputs = np.asarray([scores_i, offsets_i, out_i], dtype=np.int32)
+    for idx, name in zip((scores_i, offsets_i), OUTPUT_NAMES):
+        sg.tensors[idx].name = name.encode()
+    for sig in model.signatureDefs or []:
+        maps = []
+        for name, idx in zip(OUTPUT_NAMES, (scores_i, offsets_i, out_i)):
+            m = schema.TensorMapT()
+            m.name = name.encode()
+            m.tensorIndex = int(idx)
+            maps.append(m)
+        sig.outputs = maps
+    return bytes(fbu.convert_object_to_bytearray(model))
+
+
+def op_list(tflite_path) -> list[str]:
+    """Builtin op names of a TFLite file, in graph order (custom/Flex ops by their custom code)."""
+    schema, fbu = _schema()
+    model = fbu.read_model(str(tflite_path))
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    ops = []
+    for sg in model.subgraphs:
+        for op in sg.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+            if builtin == schema.BuiltinOperator.CUSTOM:
+                ops.append(f"CUSTOM:{code.customCode.decode() if code.customCode else '?'}")
+            else:
+                ops.append(names.get(builtin, str(builtin)))
+    return ops

@@ -1,0 +1,181 @@
+"""Evaluate any model file on a dataset with ST's AP (2.0 / 2025 variants) and COCO metrics.
+
+    python -m ssd_mnv1.evaluate MODEL --data DIR [--metric st20|st25|coco|all] [--size S]
+                                [--int8-input raw|st] [--json FILE] [--pr-curve FILE.png]
+
+MODEL is a ``.ckpt``, an ST/Keras ``.h5`` (through our importer, run in PyTorch), an ``.onnx`` or a
+``.tflite``; DIR is a COCO json + images folder or ST's YOLO layout, detected automatically.
+Images are stretched to SxS with ST's nearest resize (decoded in parallel worker processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .cli import run
+from .fileio import atomic_write_text
+from .preprocess import INTERPOLATIONS, resize
+
+METRICS = ("st20", "st25", "coco", "all")
+
+
+class ResizedImages(Dataset):
+    """Dataset view yielding ``(resized HWC image, index)``; decoding runs in DataLoader workers."""
+
+    def __init__(self, dataset, size: int, interpolation: str = "nearest"):
+        self.dataset, self.size, self.interpolation = dataset, size, interpolation
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        image, _ = self.dataset[i]
+        return resize(image, self.size, self.interpolation), i
+
+
+def _collate(batch):
+    return np.stack([b[0] for b in batch]), [b[1] for b in batch]
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics in percent, with the evaluator objects for PR curves."""
+
+    images: int
+    model: str
+    input_size: int
+    st_ap: dict[str, float] = field(default_factory=dict)
+    coco: dict[str, float] | None = None
+    st_results: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        out: dict = {"images": self.images}
+        for variant, value in self.st_ap.items():
+            out[f"st_ap_{variant[2:]}"] = value
+        if self.coco is not None:
+            out["coco"] = self.coco
+        return out
+
+
+def resize_all(dataset, size: int, interpolation: str = "nearest", *, workers: int | None = None,
+               batch_size: int = 32, progress: bool = True) -> np.ndarray:
+    """Decode and resize a whole dataset once (N, S, S, 3), to run several models on the same pixels."""
+    loader = _loader(ResizedImages(dataset, size, interpolation), batch_size, workers)
+    batches = [b for b, _ in tqdm(loader, desc=f"decode+resize @{size}", unit="batch", disable=not progress)]
+    return np.concatenate(batches) if batches else np.zeros((0, size, size, 3), np.uint8)
+
+
+def _loader(view, batch_size: int, workers: int | None) -> DataLoader:
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    return DataLoader(view, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+
+
+def evaluate(runner, dataset, metrics: tuple[str, ...] = ("st20",), *, batch_size: int = 16,
+             workers: int | None = None, interpolation: str = "nearest", progress: bool = True,
+             limit: int | None = None, images: np.ndarray | None = None) -> EvaluationResult:
+    """Run ``runner`` over ``dataset`` and compute the requested metrics.
+
+    ``images``: the dataset already resized by :func:`resize_all` (skips decoding).
+    """
+    from .metrics import STAPEvaluator, coco_metrics, st_detections
+
+    variants = [m for m in metrics if m in ("st20", "st25")]
+    want_coco = "coco" in metrics
+    size = runner.input_size
+    evaluators = {v: STAPEvaluator(size, v) for v in variants}
+    coco_dets: dict[int, tuple] = {}
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    if images is not None:
+        if images.shape[1] != size:
+            raise ValueError(f"pre-resized images are {images.shape[1]}px, the model needs {size}px")
+        loader = [(images[i:min(i + batch_size, n)], list(range(i, min(i + batch_size, n))))
+                  for i in range(0, n, batch_size)]
+    else:
+        view = ResizedImages(dataset, size, interpolation)
+        loader = _loader(torch.utils.data.Subset(view, range(n)) if n < len(view) else view, batch_size, workers)
+    records = dataset.records
+    seen = []
+    for batch, indices in tqdm(loader, desc=f"evaluate {runner.name} @{size}", unit="batch",
+                                disable=not progress):
+        scores, offsets, anchors = runner(batch)
+        for variant in variants:
+            for i, (boxes, det_scores, labels) in zip(indices, st_detections(scores, offsets, anchors, variant)):
+                rec = records[i]
+                evaluators[variant].add(rec.image_id, boxes, det_scores, labels, rec.boxes, rec.labels)
+        if want_coco:
+            for i, det in zip(indices, st_detections(scores, offsets, anchors, "st25", max_detections=100)):
+                coco_dets[records[i].image_id] = det
+        seen += indices
+    result = EvaluationResult(images=len(seen), model=runner.name, input_size=size)
+    for variant, ev in evaluators.items():
+        res = ev.compute()
+        result.st_results[variant] = res
+        result.st_ap[variant] = round(100.0 * res.ap, 4)
+    if want_coco:
+        coco = coco_metrics([records[i] for i in seen], coco_dets)
+        result.coco = {k: round(100.0 * v, 4) for k, v in coco.items()}
+    return result
+
+
+def format_result(result: EvaluationResult) -> str:
+    lines = [f"{result.model} @ {result.input_size}x{result.input_size} on {result.images} images"]
+    names = {"st20": "ST-AP (2.0, IoU 0.4, no cap)", "st25": "ST-AP (2025, IoU 0.4, cap 100)"}
+    for variant, value in result.st_ap.items():
+        lines.append(f"  {names[variant]:<34} {value:7.2f}")
+    if result.coco is not None:
+        lines.append("  COCO  " + "  ".join(f"{k} {v:.2f}" for k, v in result.coco.items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ssd_mnv1.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("model", help=".ckpt, .h5, .onnx or .tflite")
+    parser.add_argument("--data", required=True, help="COCO json/folder or ST YOLO-layout folder")
+    parser.add_argument("--metric", default="st20", choices=METRICS, help="default: st20 (ST's 2.0 evaluator)")
+    parser.add_argument("--size", type=int, help="input size; must match the model's if given")
+    parser.add_argument("--int8-input", default="raw", choices=("raw", "st"),
+                        help="uint8 TFLite input: raw pixels (device) or ST's host conversion")
+    parser.add_argument("--interpolation", default="nearest", choices=INTERPOLATIONS)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, help="decoding worker processes (default: up to 4)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N images")
+    parser.add_argument("--json", help="write the metrics as JSON (percentages)")
+    parser.add_argument("--pr-curve", help="write a precision-recall PNG")
+    args = parser.parse_args(argv)
+
+    from .data import open_dataset
+    from .runners import open_runner
+
+    runner = open_runner(args.model, int8_input=args.int8_input)
+    if args.size is not None and args.size != runner.input_size:
+        raise ValueError(f"--size {args.size} does not match {args.model}, whose input is "
+                         f"{runner.input_size}x{runner.input_size}")
+    dataset = open_dataset(args.data)
+    metrics = ("st20", "st25", "coco") if args.metric == "all" else (args.metric,)
+    result = evaluate(runner, dataset, metrics, batch_size=args.batch_size, workers=args.workers,
+                      interpolation=args.interpolation, limit=args.limit)
+    print(format_result(result))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result.to_json(), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.pr_curve:
+        if not result.st_results:
+            raise ValueError("--pr-curve needs an ST-AP metric (st20, st25 or all)")
+        from .metrics import save_pr_curve
+
+        save_pr_curve(result.st_results, args.pr_curve)
+        print(f"wrote {args.pr_curve}")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,229 @@
+"""One interface over every model file the project handles: ``.ckpt``, ``.h5``, ``.onnx``, ``.tflite``.
+
+A runner takes a batch of images already stretched to SxS (uint8 NHWC, as ST's evaluation and the
+device see them) and returns ST's three float outputs ``(scores, offsets, anchors)`` as numpy arrays.
+The heavy back-ends (onnxruntime, the TFLite interpreter, tf_keras) are imported only when such a
+file is opened, so ``import ssd_mnv1`` stays free of TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from .anchors import generate_anchors
+
+INT8_INPUT_MODES = ("raw", "st")
+
+
+class Runner(Protocol):
+    name: str
+    input_size: int
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+def normalize_batch(images: np.ndarray) -> np.ndarray:
+    """uint8/float NHWC 0..255 -> float32 NHWC in [-1, 1] (x/127.5 - 1, in float32 as TF does)."""
+    return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+class TorchRunner:
+    """A PyTorch detector (from a checkpoint or through our Keras importer)."""
+
+    def __init__(self, model: torch.nn.Module, name: str = "pytorch", device: str = "cpu"):
+        self.model = model.eval().to(device)
+        self.device = device
+        self.name = name
+        self.input_size = model.input_size
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray):
+        x = torch.from_numpy(normalize_batch(images)).permute(0, 3, 1, 2).to(self.device)
+        return tuple(t.float().cpu().numpy() for t in self.model(x))
+
+
+def _identify_outputs(outputs: list[np.ndarray], input_size: int) -> tuple[np.ndarray, ...]:
+    """Order (scores, offsets, anchors) by shape and content, never by tensor name.
+
+    Converters reorder outputs (onnx2tf, TFLite); scores are the only non-4-wide output for
+    multi-class models and the only softmax rows otherwise, and anchors match ST's constants
+    (within int8 rounding).
+    """
+    if len(outputs) != 3:
+        raise ValueError(f"expected 3 outputs (scores, offsets, anchors), the model has {len(outputs)}")
+    ref = generate_anchors(input_size).numpy()
+    anchors_i = min(range(3), key=lambda i: np.inf if outputs[i].shape[-1] != 4
+                    else float(np.abs(outputs[i][0] - ref).max()) if outputs[i].shape[1:] == ref.shape else np.inf)
+    if outputs[anchors_i].shape[1:] != ref.shape or np.abs(outputs[anchors_i][0] - ref).max() > 0.01:
+        raise ValueError(f"no output matches the {input_size} model's anchors {ref.shape}; "
+                         f"output shapes are {[o.shape for o in outputs]}")
+    rest = [i for i in range(3) if i != anchors_i]
+    softmaxness = [float(np.abs(outputs[i].sum(-1) - 1).mean()) for i in rest]
+    scores_i = rest[int(np.argmin(softmaxness))]
+    offsets_i = [i for i in rest if i != scores_i][0]
+    return outputs[scores_i], outputs[offsets_i], outputs[anchors_i]
+
+
+class OnnxRunner:
+    """An ONNX file through onnxruntime; NCHW (our export, ST's sample) or NHWC float input."""
+
+    def __init__(self, path: str | os.PathLike):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.name = "onnx"
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        shape = inp.shape
+        self.nchw = shape[1] == 3
+        size = shape[2] if self.nchw else shape[1]
+        if not isinstance(size, int):
+            raise ValueError(f"{path}: input '{inp.name}' has a dynamic spatial size {shape}; export with a fixed size")
+        self.input_size = int(size)
+        batch = shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) else None
+
+    def __call__(self, images: np.ndarray):
+        x = normalize_batch(images)
+        if self.nchw:
+            x = x.transpose(0, 3, 1, 2)
+        if self.fixed_batch is not None and x.shape[0] != self.fixed_batch:
+            parts = [self.session.run(None, {self.input_name: x[i:i + 1]}) for i in range(x.shape[0])]
+            outs = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+        else:
+            outs = self.session.run(None, {self.input_name: np.ascontiguousarray(x)})
+        return _identify_outputs(outs, self.input_size)
+
+
+def st_host_quantize(images: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """ST 2.0's host conversion: q = round(x/scale + zp) on the normalized float image.
+
+    Float noise makes it a mix of q = p and q = p - 1 (st_reference §5); the device instead gets
+    the raw pixels.
+    """
+    x = normalize_batch(images)
+    q = np.round(x / np.float32(scale) + np.float32(zero_point))
+    return np.clip(q, 0, 255).astype(np.uint8)
+
+
+class TFLiteRunner:
+    """A TFLite file (float32 or int8 with uint8/int8 input) through ai-edge-litert (or tf.lite).
+
+    ``int8_input``: ``raw`` feeds the uint8 pixels as the STM32 firmware does; ``st`` applies
+    ST's host-side conversion (§5) to mimic ST's published Python numbers.
+    """
+
+    def __init__(self, path: str | os.PathLike, int8_input: str = "raw", num_threads: int | None = None):
+        if int8_input not in INT8_INPUT_MODES:
+            raise ValueError(f"--int8-input must be one of {', '.join(INT8_INPUT_MODES)}, got {int8_input!r}")
+        self.path = Path(path)
+        self.int8_input = int8_input
+        self.interpreter = make_interpreter(path, num_threads=num_threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.outputs = self.interpreter.get_output_details()
+        shape = self.input["shape"]
+        self.input_size = int(shape[1])
+        self.name = "tflite-int8" if self.input["dtype"] in (np.uint8, np.int8) else "tflite-fp32"
+
+    def _prepare(self, image: np.ndarray) -> np.ndarray:
+        dtype = self.input["dtype"]
+        scale, zp = self.input["quantization"]
+        if dtype == np.float32:
+            return normalize_batch(image[None])
+        if dtype == np.uint8:
+            if self.int8_input == "raw":
+                return image[None].astype(np.uint8)
+            return st_host_quantize(image[None], scale, zp)
+        if dtype == np.int8:  # int8 input: same real value as uint8 with zp shifted by 128
+            q = image[None].astype(np.int16) if self.int8_input == "raw" else \
+                st_host_quantize(image[None], scale, zp + 128).astype(np.int16)
+            return (q - 128).astype(np.int8)
+        raise ValueError(f"{self.path}: unsupported input dtype {dtype}")
+
+    def __call__(self, images: np.ndarray):
+        per_image = []
+        for image in images:
+            self.interpreter.set_tensor(self.input["index"], self._prepare(image))
+            self.interpreter.invoke()
+            per_image.append([self.interpreter.get_tensor(o["index"]).astype(np.float32) for o in self.outputs])
+        outs = [np.concatenate([p[k] for p in per_image]) for k in range(len(self.outputs))]
+        return _identify_outputs(outs, self.input_size)
+
+
+def make_interpreter(path: str | os.PathLike, num_threads: int | None = None, builtin: bool = False):
+    """A TFLite interpreter from ai-edge-litert (preferred) or tf.lite; ``builtin`` disables XNNPACK."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such TFLite file")
+    try:
+        from ai_edge_litert import interpreter as litert
+    except ImportError:
+        try:
+            import tensorflow as tf  # noqa: F401
+        except ImportError:
+            raise ValueError(f"{path}: running .tflite files needs ai-edge-litert; "
+                             "install the export extra: pip install -e '.[export]'") from None
+        litert = tf.lite
+        kwargs = {}
+    else:
+        kwargs = {}
+        if builtin:
+            kwargs["experimental_op_resolver_type"] = litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    try:
+        return litert.Interpreter(model_path=str(path), num_threads=num_threads, **kwargs)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a valid TFLite model ({exc})") from None
+
+
+class KerasRunner:
+    """ST's own Keras model through tf_keras (reference runs only; needs the export extra)."""
+
+    def __init__(self, path: str | os.PathLike):
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        import tf_keras
+
+        self.model = tf_keras.models.load_model(str(path), compile=False)
+        self.input_size = int(self.model.input_shape[1])
+        self.name = "keras"
+
+    def __call__(self, images: np.ndarray):
+        outs = self.model(normalize_batch(images), training=False)
+        return _identify_outputs([np.asarray(o) for o in outs], self.input_size)
+
+
+def open_runner(path: str | os.PathLike, *, int8_input: str = "raw", h5_backend: str = "pytorch",
+                device: str = "cpu", num_threads: int | None = None) -> Runner:
+    """Open any model file the project accepts, picked by its suffix."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model file")
+    suffix = path.suffix.lower()
+    if suffix in (".ckpt", ".pt", ".pth"):
+        from .checkpoint import load_checkpoint
+
+        return TorchRunner(load_checkpoint(path), "pytorch", device)
+    if suffix in (".h5", ".hdf5", ".keras"):
+        if h5_backend == "keras":
+            return KerasRunner(path)
+        from .weights import load_keras_h5
+
+        return TorchRunner(load_keras_h5(path), "pytorch (.h5 import)", device)
+    if suffix == ".onnx":
+        try:
+            return OnnxRunner(path)
+        except ImportError:
+            raise ValueError(f"{path}: running .onnx files needs onnxruntime; "
+                             "install the export extra: pip install -e '.[export]'") from None
+    if suffix == ".tflite":
+        return TFLiteRunner(path, int8_input=int8_input, num_threads=num_threads)
+    raise ValueError(f"{path}: unknown model type '{suffix}'; expected .ckpt, .h5, .onnx or .tflite")
