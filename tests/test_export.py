@@ -1,0 +1,151 @@
+"""The real export chain (onnx2tf, TFLite converter, LiteRT interpreter) on a small random model.
+
+Needs the ``export`` extra, which CI installs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REFERENCE
+from ssd_mnv1 import build_model
+from ssd_mnv1.checkpoint import save_checkpoint
+
+SIZE = 192
+
+
+def _trained_like_model():
+    torch.manual_seed(0)
+    model = build_model(input_size=SIZE)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+                m.bias.uniform_(-0.1, 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    calib = root / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(calib / f"{i}.jpg")
+    model = _trained_like_model()
+    ckpt = save_checkpoint(model, root / "tiny.ckpt")
+    from ssd_mnv1.export.pipeline import export
+
+    result = export(ckpt, root / "out", "tflite-int8", calib=calib, calib_count=6, log=lambda *_: None)
+    return model, result, root
+
+
+def _run_tflite(path, x_uint8):
+    from ssd_mnv1.runners import TFLiteRunner
+
+    return TFLiteRunner(path)(x_uint8)
+
+
+def test_onnx_stage_matches_pytorch(exported):
+    _, result, _ = exported
+    assert max(result.onnx_parity.values()) < 1e-4
+
+
+def test_tflite_fp32_matches_pytorch(exported):
+    model, result, _ = exported
+    x = np.random.default_rng(1).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
+    scores, offsets, anchors = _run_tflite(result.files["tflite-fp32"], x)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    assert np.abs(scores - ref[0].numpy()).max() <= 1e-4
+    assert np.abs(offsets - ref[1].numpy()).max() <= 1e-4
+    assert np.array_equal(anchors, ref[2].numpy())
+
+
+def test_int8_file_has_st_io_contract(exported):
+    from ssd_mnv1.runners import make_interpreter
+    from ssd_mnv1.export.tflite_edit import op_list
+
+    _, result, _ = exported
+    path = result.files["tflite-int8"]
+    it = make_interpreter(path)
+    (inp,) = it.get_input_details()
+    assert inp["dtype"] == np.uint8 and list(inp["shape"]) == [1, SIZE, SIZE, 3]
+    assert np.isclose(inp["quantization"][0], 1 / 127.5) and inp["quantization"][1] == 127
+    outs = it.get_output_details()
+    assert [tuple(o["shape"]) for o in outs] == [(1, 3830, 2), (1, 3830, 4), (1, 3830, 4)]
+    assert all(o["dtype"] == np.float32 for o in outs)
+    ops = op_list(path)
+    assert not [op for op in ops if op.startswith("CUSTOM")]
+    assert ops[0] == "QUANTIZE" and "CONV_2D" in ops and "DEPTHWISE_CONV_2D" in ops
+
+
+def test_int8_outputs_track_float_and_anchors_are_int8_rounded(exported):
+    model, result, _ = exported
+    x = np.random.default_rng(2).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
+    scores, _, anchors = _run_tflite(result.files["tflite-int8"], x)
+    assert np.abs(anchors[0] - model.anchors.numpy()).max() < 0.004
+    assert np.allclose(scores.sum(-1), 1.0, atol=0.02)
+
+
+def test_compat_check_passes_on_itself_and_names_differences(exported):
+    from ssd_mnv1.export.compat import compare, read_contract
+
+    _, result, _ = exported
+    int8, fp32 = read_contract(result.files["tflite-int8"]), read_contract(result.files["tflite-fp32"])
+    assert compare(int8, int8)[0] == []
+    diffs, _ = compare(fp32, int8)
+    assert any("dtype float32 vs reference uint8" in d for d in diffs)
+
+
+@pytest.mark.skipif(not (REFERENCE / "st_ssd_mobilenet_v1_025_192").is_dir(), reason="ST reference files absent")
+def test_int8_export_matches_st_reference_contract(exported):
+    _, result, _ = exported
+    ref = REFERENCE / "st_ssd_mobilenet_v1_025_192" / "st_ssd_mobilenet_v1_025_192_int8.tflite"
+    res = subprocess.run([sys.executable, "-m", "ssd_mnv1.export.compat", str(result.files["tflite-int8"]), str(ref)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "compatible" in res.stdout
+
+
+def test_interrupted_export_leaves_no_file_under_the_final_name(exported, monkeypatch, tmp_path):
+    """A crash while the int8 file is being written leaves neither a truncated file nor a temp file."""
+    from ssd_mnv1.export import pipeline
+
+    _, _, root = exported
+    real_write = Path.write_bytes
+
+    def crash_half_way(self, data):
+        real_write(self, data[: len(data) // 2])
+        raise KeyboardInterrupt("simulated kill")
+
+    original = pipeline._write
+
+    def write(path, data):
+        if path.name.endswith("_int8.tflite"):
+            monkeypatch.setattr(Path, "write_bytes", crash_half_way)
+        return original(path, data)
+
+    monkeypatch.setattr(pipeline, "_write", write)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.export(root / "tiny.ckpt", out, "tflite-int8", calib=root / "calib", calib_count=2, log=lambda *_: None)
+    names = sorted(p.name for p in out.iterdir())
+    assert not [n for n in names if "int8" in n or n.endswith(".tmp")], names
+    assert "tiny_float32.tflite" in names  # earlier stages were completed and are whole
+
+
+def test_export_cli_requires_calibration_images_for_int8(exported, tmp_path):
+    _, _, root = exported
+    res = subprocess.run([sys.executable, "-m", "ssd_mnv1.export", str(root / "tiny.ckpt"), "--to", "tflite-int8",
+                          "--out", str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "--calib" in res.stderr and "Traceback" not in res.stderr
