@@ -1,0 +1,74 @@
+"""int8 TFLite latency: our export of ST's .h5 vs ST's own int8 file, same interpreter, one thread.
+
+    python bench/tflite_latency.py --reference-dir ../shared/reference \
+        --calib ../shared/data/coco2017_person_train/images [--sizes 192 224 256] [--runs 50]
+
+For each size it exports ST's .h5 through our importer (the full chain is timed), then times both
+files in one process, interleaved, and prints the median latencies and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def median_latency_ms(interpreter, x: np.ndarray, runs: int) -> float:
+    inp = interpreter.get_input_details()[0]["index"]
+    interpreter.set_tensor(inp, x)
+    interpreter.invoke()  # warm-up
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        interpreter.set_tensor(inp, x)
+        interpreter.invoke()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reference-dir", type=Path, required=True)
+    parser.add_argument("--calib", required=True, help="calibration image folder")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[192, 224, 256])
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per file")
+    args = parser.parse_args()
+
+    from ssd_mnv1.export.pipeline import export
+    from ssd_mnv1.export.tf_stage import quiet_tensorflow
+    from ssd_mnv1.runners import make_interpreter
+
+    quiet_tensorflow()
+    print("| S | export chain (s) | ours int8 (ms) | ST int8 (ms) | ours/ST | ours KiB | ST KiB |")
+    print("|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            folder = args.reference_dir / f"st_ssd_mobilenet_v1_025_{size}"
+            t0 = time.perf_counter()
+            result = export(folder / f"st_ssd_mobilenet_v1_025_{size}.h5", Path(tmp) / str(size), "tflite-int8",
+                            calib=args.calib, log=lambda *_: None)
+            chain_s = time.perf_counter() - t0
+            ours_path = result.files["tflite-int8"]
+            st_path = folder / f"st_ssd_mobilenet_v1_025_{size}_int8.tflite"
+            ours = make_interpreter(ours_path, num_threads=1)
+            st = make_interpreter(st_path, num_threads=1)
+            ours.allocate_tensors()
+            st.allocate_tensors()
+            x = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+            t_ours, t_st = [], []
+            for _ in range(args.rounds):  # interleave so that machine noise hits both alike
+                t_ours.append(median_latency_ms(ours, x, args.runs))
+                t_st.append(median_latency_ms(st, x, args.runs))
+            a, b = statistics.median(t_ours), statistics.median(t_st)
+            print(f"| {size} | {chain_s:.1f} | {a:.2f} | {b:.2f} | {a / b:.3f} | "
+                  f"{ours_path.stat().st_size / 1024:.1f} | {st_path.stat().st_size / 1024:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
