@@ -1,0 +1,113 @@
+"""Detect persons in images with any model file and draw the results.
+
+    python -m ssd_mnv1.predict MODEL IMAGES... --out DIR [--score 0.5] [--iou 0.5] [--max-det 100]
+
+MODEL is a ``.ckpt``, ``.h5``, ``.onnx`` or ``.tflite`` (as for ``ssd_mnv1.evaluate``); IMAGES are
+files or folders. For each image DIR gets ``<name>.png`` with boxes and scores drawn, and
+``detections.json`` lists every detection in original-image pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .cli import run
+from .fileio import atomic_path, atomic_write_text
+from .postprocess import Detections, postprocess
+from .preprocess import load_image, resize
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+COLOURS = ((255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 64, 255))
+
+
+def expand_images(paths: list[str]) -> list[Path]:
+    """Files as given, folders expanded (sorted) to the images they contain."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ValueError(f"{p}: folder contains no images ({', '.join(IMAGE_SUFFIXES)})")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such image file or folder")
+    return out
+
+
+def draw(image: np.ndarray, boxes_px: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+         class_names: list[str]) -> Image.Image:
+    """The image with one rectangle and a "name score" tag per detection."""
+    im = Image.fromarray(image)
+    canvas = ImageDraw.Draw(im)
+    width = max(2, round(min(im.size) / 200))
+    for (x1, y1, x2, y2), score, label in zip(boxes_px.tolist(), scores.tolist(), labels.tolist()):
+        colour = COLOURS[(label - 1) % len(COLOURS)]
+        canvas.rectangle((x1, y1, x2, y2), outline=colour, width=width)
+        name = class_names[label - 1] if 0 < label <= len(class_names) else str(label)
+        text = f"{name} {score:.2f}"
+        left, top, right, bottom = canvas.textbbox((x1, y1), text)
+        ty = y1 - (bottom - top) - 2 * width if y1 - (bottom - top) - 2 * width > 0 else y1
+        canvas.rectangle((x1, ty, x1 + (right - left) + 2 * width, ty + (bottom - top) + 2 * width), fill=colour)
+        canvas.text((x1 + width, ty + width - (top - y1)), text, fill=(255, 255, 255))
+    return im
+
+
+def predict_image(runner, path: Path, *, score: float, iou: float, max_det: int) -> tuple[np.ndarray, Detections]:
+    image = load_image(path)
+    outputs = runner(resize(image, runner.input_size)[None])
+    det = postprocess(*(torch.from_numpy(np.ascontiguousarray(o)) for o in outputs),
+                      score_threshold=score, iou_threshold=iou, max_detections=max_det)[0]
+    return image, det
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ssd_mnv1.predict", description=__doc__.split("\n")[0])
+    parser.add_argument("model", help=".ckpt, .h5, .onnx or .tflite")
+    parser.add_argument("images", nargs="+", help="image files or folders")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--score", type=float, default=0.5, help="score threshold (default 0.5)")
+    parser.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold (default 0.5)")
+    parser.add_argument("--max-det", type=int, default=100, help="detections kept per image (default 100)")
+    parser.add_argument("--classes", nargs="+", default=["person"], help="class names (default: person)")
+    parser.add_argument("--int8-input", default="raw", choices=("raw", "st"))
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.score < 1.0:
+        raise ValueError(f"--score must be in [0, 1), got {args.score}")
+
+    from .runners import open_runner
+
+    images = expand_images(args.images)
+    runner = open_runner(args.model, int8_input=args.int8_input)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = []
+    for path in images:
+        image, det = predict_image(runner, path, score=args.score, iou=args.iou, max_det=args.max_det)
+        h, w = image.shape[:2]
+        boxes_px = det.to_pixels(w, h).numpy()
+        drawn = draw(image, boxes_px, det.scores.numpy(), det.labels.numpy(), args.classes)
+        with atomic_path(out / f"{path.stem}.png") as tmp:
+            drawn.save(tmp, format="PNG")
+        report.append({
+            "image": str(path), "width": w, "height": h,
+            "detections": [{"class_id": int(c), "label": args.classes[int(c) - 1] if int(c) <= len(args.classes) else str(int(c)),
+                            "score": round(float(s), 5), "box": [round(float(v), 2) for v in b]}
+                           for b, s, c in zip(boxes_px, det.scores, det.labels)],
+        })
+        print(f"{path}: {len(det)} detection(s) -> {out / (path.stem + '.png')}")
+    atomic_write_text(out / "detections.json", json.dumps({"model": str(args.model), "score_threshold": args.score,
+                                                          "images": report}, indent=2) + "\n")
+    print(f"wrote {out / 'detections.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,64 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssd_mnv1 import build_model
+from ssd_mnv1.checkpoint import save_checkpoint
+from ssd_mnv1.footprint import count_macs
+
+
+@pytest.fixture()
+def tiny_ckpt(tmp_path):
+    torch.manual_seed(0)
+    return save_checkpoint(build_model(input_size=192), tmp_path / "tiny.ckpt")
+
+
+def test_predict_draws_boxes_and_writes_pixel_detections(tmp_path, tiny_ckpt):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (90, 160, 3), dtype=np.uint8)).save(images / "colour.jpg")
+    Image.fromarray(rng.integers(0, 256, (120, 80), dtype=np.uint8), mode="L").save(images / "grey.png")
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "ssd_mnv1.predict", str(tiny_ckpt), str(images), "--out", str(out),
+                          "--score", "0.0", "--max-det", "3"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    report = json.loads((out / "detections.json").read_text())
+    assert [r["width"] for r in report["images"]] == [160, 80]
+    for r in report["images"]:
+        assert len(r["detections"]) == 3
+        for d in r["detections"]:
+            x1, y1, x2, y2 = d["box"]
+            assert 0 <= x1 <= x2 <= r["width"] and 0 <= y1 <= y2 <= r["height"]
+            assert d["label"] == "person"
+    drawn = np.asarray(Image.open(out / "colour.png"))
+    assert drawn.shape == (90, 160, 3)
+    assert ((drawn == (255, 64, 64)).all(-1)).sum() > 20  # the box colour is on the image
+
+
+def test_predict_reports_a_missing_image_clearly(tmp_path, tiny_ckpt):
+    res = subprocess.run([sys.executable, "-m", "ssd_mnv1.predict", str(tiny_ckpt), str(tmp_path / "nope.jpg"),
+                          "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert res.returncode == 2 and "nope.jpg" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_mac_count_follows_the_architecture():
+    m192, m224 = count_macs(build_model(input_size=192), 192), count_macs(build_model(input_size=224), 224)
+    # 192 and 224 graphs differ (extra levels, padded maps); more pixels, more MACs.
+    assert 35e6 < m192 < m224 < 70e6
+
+
+def test_footprint_reports_size_memory_and_st_figures(tiny_ckpt):
+    pytest.importorskip("tensorflow", reason="footprint needs the export extra")
+    res = subprocess.run([sys.executable, "-m", "ssd_mnv1.footprint", str(tiny_ckpt), "--runs", "3"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "| parameters | 426,674" in out
+    assert "peak activation memory" in out and "int8 TFLite size" in out
+    assert "STM32H747 @400 MHz ms | 149.18" in out
