@@ -1,0 +1,8 @@
+"""Metrics: ST's own AP (2.0 and 2025 variants), COCO metrics via pycocotools, PR-curve plots."""
+
+from .coco import coco_metrics
+from .plots import save_pr_curve
+from .st_ap import VARIANTS, STAPEvaluator, STAPResult, average_precision, st_detections
+
+__all__ = ["VARIANTS", "STAPEvaluator", "STAPResult", "st_detections", "average_precision",
+           "coco_metrics", "save_pr_curve"]
