@@ -1,0 +1,14 @@
+"""Datasets: COCO json and ST's YOLO-Darknet layout (readers), and the COCO -> person set builder."""
+
+from .datasets import (
+    IMAGE_EXTENSIONS,
+    DetectionDataset,
+    Record,
+    image_size,
+    open_dataset,
+    read_coco,
+    read_yolo,
+)
+
+__all__ = ["IMAGE_EXTENSIONS", "DetectionDataset", "Record", "image_size", "open_dataset", "read_coco",
+           "read_yolo"]
