@@ -4,9 +4,10 @@
                               [--calib DIR] [--per-tensor] [--ledger DATA_DIR]
 
 Each target includes the ones before it. The int8 file has a uint8 input (scale 1/127.5, zero
-point 127) and three float32 outputs (scores, offsets, anchors) in ST's order; weights are
-per-channel unless --per-tensor (for the STM32MP25 NPU). --ledger evaluates every produced stage
-and writes ledger.json / ledger.md to DIR.
+point 127), a dynamic batch, and three float32 outputs (scores, offsets, anchors) in ST's order;
+weights are per-channel unless --per-tensor (for the STM32MP25 NPU). --ledger evaluates every
+produced stage (ST-AP, max |Δ| to the previous stage and to PyTorch float) and writes ledger.json /
+ledger.md to DIR.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import time
 
 from ssd_mnv1.cli import run
+from ssd_mnv1.runners import INT8_INPUT_MODES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-tensor", action="store_true", help="per-tensor int8 weights (STM32MP25 NPU)")
     parser.add_argument("--ledger", metavar="DATA_DIR", help="evaluate every stage on this dataset")
     parser.add_argument("--ledger-limit", type=int, help="evaluate only the first N ledger images")
-    parser.add_argument("--int8-input", default="raw", choices=("raw", "st"), help="ledger: uint8 input mode")
+    parser.add_argument("--int8-input", default="raw", choices=INT8_INPUT_MODES,
+                        help="ledger: how images reach the uint8 input (default raw pixels, as on the device)")
     args = parser.parse_args(argv)
 
     from .pipeline import build_ledger, export, ledger_markdown, write_ledger

@@ -2,10 +2,13 @@
 
     python -m ssd_mnv1.export.compat OURS.tflite REFERENCE.tflite
 
-Checked: number, order, shapes and dtypes of inputs and outputs, the input quantization (scale and
-zero point), and that every output is float32. Tensor names and the internal op list are reported
-but do not fail the check (ST's evaluation code identifies outputs by position and shape).
-Exit status 0 when compatible, 1 with one line per difference otherwise.
+Checked (each difference is one ``DIFFERS:`` line): number of inputs and outputs; their shapes,
+shape signatures (ST's files have a dynamic batch, -1, and ST's host evaluation resizes it to 64)
+and dtypes; the quantization (scale, zero point) of every integer input or output; the output
+order by *content* (offsets and anchors have the same shape, so both files are run on the same two
+images at batch 2 and each output is classified as scores, offsets or anchors); and the absence
+of custom/Flex ops. Tensor names and the internal op list are reported as notes only (ST's
+evaluation code identifies outputs by position). Exit status 0 when compatible, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -15,7 +18,15 @@ import math
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ssd_mnv1.cli import run
+
+_FLOATS = ("float32", "float16", "float64")
+
+
+#: Batch used to run both files when classifying outputs (exercises the dynamic batch too).
+PROBE_BATCH = 2
 
 
 @dataclass
@@ -23,6 +34,39 @@ class Contract:
     inputs: list[dict]
     outputs: list[dict]
     ops: list[str] = field(default_factory=list)
+    roles: list[str] | None = None  # per output: scores / offsets / anchors / other
+    probe_error: str | None = None  # why the file could not be run at PROBE_BATCH
+
+
+def _probe_input(detail: dict, batch: int) -> np.ndarray:
+    """Two fixed, different images (a gradient and seeded noise) in the input's dtype."""
+    shape = [batch, *[int(s) for s in detail["shape"][1:]]]
+    grad = np.broadcast_to(np.linspace(0, 255, shape[2], dtype=np.float32)[None, :, None], shape[1:])
+    noise = np.random.default_rng(0).integers(0, 256, shape[1:]).astype(np.float32)
+    pixels = np.stack([(grad, noise)[i % 2] for i in range(batch)])
+    dtype = detail["dtype"]
+    if dtype == np.uint8:
+        return pixels.astype(np.uint8)
+    if dtype == np.int8:
+        return (pixels - 128).astype(np.int8)
+    return (pixels / 127.5 - 1).astype(dtype)
+
+
+def output_roles(outputs: list[np.ndarray]) -> list[str]:
+    """Classify each output of one batch: ``anchors`` (4 wide, the same for every image),
+    ``scores`` (rows in [0, 1] summing to 1), ``offsets`` (4 wide, image dependent) or ``other``."""
+    roles = []
+    for out in outputs:
+        same_for_all = out.shape[0] > 1 and all(np.array_equal(out[0], o) for o in out[1:])
+        if out.shape[-1] == 4 and same_for_all:
+            roles.append("anchors")
+        elif out.min() >= 0 and out.max() <= 1 and np.allclose(out.sum(-1), 1, atol=0.02):
+            roles.append("scores")
+        elif out.shape[-1] == 4:
+            roles.append("offsets")
+        else:
+            roles.append("other")
+    return roles
 
 
 def read_contract(path: str | os.PathLike) -> Contract:
@@ -38,8 +82,77 @@ def read_contract(path: str | os.PathLike) -> Contract:
                 "shape_signature": [int(s) for s in d.get("shape_signature", d["shape"])],
                 "dtype": d["dtype"].__name__, "scale": float(scale), "zero_point": int(zp)}
 
-    return Contract([describe(d) for d in it.get_input_details()],
-                    [describe(d) for d in it.get_output_details()], op_list(path))
+    contract = Contract([describe(d) for d in it.get_input_details()],
+                        [describe(d) for d in it.get_output_details()], op_list(path))
+    if len(contract.inputs) == 1:
+        contract.roles, contract.probe_error = _probe(path)
+    return contract
+
+
+def _probe(path) -> tuple[list[str] | None, str | None]:
+    """(output roles, why batch PROBE_BATCH failed): run at batch PROBE_BATCH, else image by image."""
+    from ssd_mnv1.runners import make_interpreter
+
+    it = make_interpreter(path, builtin=True)
+    inp = it.get_input_details()[0]
+    x = _probe_input(inp, PROBE_BATCH)
+    try:
+        it.resize_tensor_input(inp["index"], list(x.shape))
+        it.allocate_tensors()
+        it.set_tensor(inp["index"], x)
+        it.invoke()
+        return output_roles([it.get_tensor(d["index"]) for d in it.get_output_details()]), None
+    except (RuntimeError, ValueError) as exc:
+        error = " ".join(str(exc).split())[:200]
+    it = make_interpreter(path, builtin=True)
+    it.allocate_tensors()
+    per_image = []
+    for image in x:
+        it.set_tensor(inp["index"], image[None])
+        it.invoke()
+        per_image.append([it.get_tensor(d["index"]) for d in it.get_output_details()])
+    return output_roles([np.concatenate(outs) for outs in zip(*per_image)]), error
+
+
+def _ops_and_tensors(path):
+    from ssd_mnv1.runners import make_interpreter
+
+    it = make_interpreter(path, builtin=True)
+    return it._get_ops_details(), {t["index"]: t for t in it.get_tensor_details()}
+
+
+def weight_quantization(path: str | os.PathLike) -> dict[str, int]:
+    """How the CONV_2D / DEPTHWISE_CONV_2D weights are quantized, from the interpreter's tensor
+    details: counts of ``per-channel`` (several scales) and ``per-tensor`` (one scale) int8 weight
+    tensors, and ``float`` for unquantized ones."""
+    ops, tensors = _ops_and_tensors(path)
+    counts = {"per-channel": 0, "per-tensor": 0, "float": 0}
+    for op in ops:
+        if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            t = tensors[int(op["inputs"][1])]
+            scales = t["quantization_parameters"]["scales"]
+            if t["dtype"] not in (np.int8, np.uint8) or len(scales) == 0:
+                counts["float"] += 1
+            else:
+                counts["per-channel" if len(scales) > 1 else "per-tensor"] += 1
+    return counts
+
+
+def output_quantization(path: str | os.PathLike) -> list[tuple[float, int] | None]:
+    """Per output, the (scale, zero point) of the integer tensor its DEQUANTIZE reads, else None."""
+    ops, tensors = _ops_and_tensors(path)
+    producer = {int(o): op for op in ops for o in op["outputs"]}
+    from ssd_mnv1.runners import make_interpreter
+
+    result = []
+    for d in make_interpreter(path, builtin=True).get_output_details():
+        op = producer.get(int(d["index"]))
+        if op is None or op["op_name"] != "DEQUANTIZE":
+            result.append(None)
+            continue
+        scale, zp = tensors[int(op["inputs"][0])]["quantization"]
+        result.append((float(scale), int(zp)))
+    return result
 
 
 def compare(ours: Contract, ref: Contract) -> tuple[list[str], list[str]]:
@@ -54,14 +167,20 @@ def compare(ours: Contract, ref: Contract) -> tuple[list[str], list[str]]:
                 diffs.append(f"{where}: shape {a['shape']} vs reference {b['shape']}")
             if a["dtype"] != b["dtype"]:
                 diffs.append(f"{where}: dtype {a['dtype']} vs reference {b['dtype']}")
-            if kind == "input" and (not math.isclose(a["scale"], b["scale"], rel_tol=1e-6)
-                                    or a["zero_point"] != b["zero_point"]):
+            quantized = a["dtype"] not in _FLOATS or b["dtype"] not in _FLOATS
+            if quantized and (not math.isclose(a["scale"], b["scale"], rel_tol=1e-6)
+                              or a["zero_point"] != b["zero_point"]):
                 diffs.append(f"{where}: quantization scale {a['scale']:.9g} zp {a['zero_point']} vs reference "
                              f"scale {b['scale']:.9g} zp {b['zero_point']}")
             if a["shape_signature"] != b["shape_signature"]:
-                notes.append(f"{where}: shape signature {a['shape_signature']} vs reference {b['shape_signature']}")
+                diffs.append(f"{where}: shape signature {a['shape_signature']} vs reference {b['shape_signature']} "
+                             "(-1 = dynamic batch, which ST's host evaluation resizes)")
             if a["name"] != b["name"]:
-                notes.append(f"{where}: names differ (outputs are identified by position and shape)")
+                notes.append(f"{where}: names differ (not part of the contract: ST's code indexes tensors by position)")
+    if ours.probe_error and not ref.probe_error:
+        diffs.append(f"cannot run at batch {PROBE_BATCH} as the reference can: {ours.probe_error}")
+    if ours.roles is not None and ref.roles is not None and ours.roles != ref.roles:
+        diffs.append(f"output order by content: {ours.roles} vs reference {ref.roles}")
     extra, missing = sorted(set(ours.ops) - set(ref.ops)), sorted(set(ref.ops) - set(ours.ops))
     if extra or missing:
         notes.append(f"op set: ours adds {extra or 'nothing'}, lacks {missing or 'nothing'}")
@@ -76,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("tflite", help="the exported file")
     parser.add_argument("reference", help="the reference file (e.g. ST's _int8.tflite)")
     args = parser.parse_args(argv)
-    diffs, notes = compare(read_contract(args.tflite), read_contract(args.reference))
+    ours, ref = read_contract(args.tflite), read_contract(args.reference)
+    diffs, notes = compare(ours, ref)
+    if ours.roles is not None:
+        notes.insert(0, f"outputs by content: {ours.roles}")
     for line in notes:
         print(f"note: {line}")
     if diffs:

@@ -2,9 +2,9 @@
 
 TensorFlow folds the anchors (a constant) out of the graph and orders outputs its own way. ST's
 files have three float32 outputs, in this order: scores (1,NA,1+C), offsets (1,NA,4), anchors
-(1,NA,4), the anchors being an int8 constant followed by DEQUANTIZE. This module appends the
-anchors the same way (a float constant + RESHAPE in float files) and fixes the output order and the
-signature, using TensorFlow's own flatbuffer schema bindings.
+(1,NA,4), the anchors being an int8 constant tiled over the batch, then DEQUANTIZE. This module
+appends the anchors the same way (a float constant + TILE in float files) and fixes the output
+order and the signature, using TensorFlow's own flatbuffer schema bindings.
 """
 
 from __future__ import annotations
@@ -30,27 +30,29 @@ def int8_affine(values: np.ndarray) -> tuple[float, int, np.ndarray]:
     return scale, zero_point, q
 
 
-def _opcode_index(model, schema, builtin: int) -> int:
+def _opcode_index(model, schema, builtin: int, version: int = 1) -> int:
+    """Index of an opcode entry for ``builtin`` with at least ``version`` (added if missing)."""
     for i, code in enumerate(model.operatorCodes):
         if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+            code.version = max(code.version, version)
             return i
     code = schema.OperatorCodeT()
     code.builtinCode = builtin
     code.deprecatedBuiltinCode = min(builtin, 127)
-    code.version = 1
+    code.version = version
     model.operatorCodes.append(code)
     return len(model.operatorCodes) - 1
 
 
 def _add_tensor(model, sg, schema, name: str, shape, dtype: int, data: np.ndarray | None = None,
-                quant: tuple[float, int] | None = None) -> int:
+                quant: tuple[float, int] | None = None, signature=None) -> int:
     buf = schema.BufferT()
     if data is not None:
         buf.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), dtype=np.uint8)
     model.buffers.append(buf)
     t = schema.TensorT()
     t.shape = np.asarray(shape, dtype=np.int32)
-    t.shapeSignature = None
+    t.shapeSignature = None if signature is None else np.asarray(signature, dtype=np.int32)
     t.type = dtype
     t.buffer = len(model.buffers) - 1
     t.name = name.encode()
@@ -63,8 +65,45 @@ def _add_tensor(model, sg, schema, name: str, shape, dtype: int, data: np.ndarra
     return len(sg.tensors) - 1
 
 
+def _add_op(model, sg, schema, builtin: int, inputs, outputs, version: int = 1, options=None, options_type: int = 0):
+    op = schema.OperatorT()
+    op.opcodeIndex = _opcode_index(model, schema, builtin, version)
+    op.inputs = np.asarray(inputs, dtype=np.int32)
+    op.outputs = np.asarray(outputs, dtype=np.int32)
+    if options is not None:
+        op.builtinOptionsType = options_type
+        op.builtinOptions = options
+    sg.operators.append(op)
+
+
+def _batch_multiples(model, sg, schema, source: int) -> int:
+    """int32 [batch, 1, 1] from the runtime shape of tensor ``source``: SHAPE -> STRIDED_SLICE -> CONCATENATION."""
+    T, B, O = schema.TensorType, schema.BuiltinOperator, schema.BuiltinOptions
+    shape_i = _add_tensor(model, sg, schema, "anchors_tile/input_shape", (len(sg.tensors[source].shape),), T.INT32)
+    opts = schema.ShapeOptionsT()
+    opts.outType = T.INT32
+    _add_op(model, sg, schema, B.SHAPE, [source], [shape_i], options=opts, options_type=O.ShapeOptions)
+    consts = [_add_tensor(model, sg, schema, f"anchors_tile/{n}", (1,), T.INT32, np.asarray([v], np.int32))
+              for n, v in (("begin", 0), ("end", 1), ("stride", 1))]
+    batch_i = _add_tensor(model, sg, schema, "anchors_tile/batch", (1,), T.INT32)
+    _add_op(model, sg, schema, B.STRIDED_SLICE, [shape_i, *consts], [batch_i],
+            options=schema.StridedSliceOptionsT(), options_type=O.StridedSliceOptions)
+    ones_i = _add_tensor(model, sg, schema, "anchors_tile/ones", (2,), T.INT32, np.asarray([1, 1], np.int32))
+    mult_i = _add_tensor(model, sg, schema, "anchors_tile/multiples", (3,), T.INT32)
+    opts = schema.ConcatenationOptionsT()
+    opts.axis = 0
+    _add_op(model, sg, schema, B.CONCATENATION, [batch_i, ones_i], [mult_i], options=opts,
+            options_type=O.ConcatenationOptions)
+    return mult_i
+
+
 def finalize_outputs(tflite: bytes, anchors: np.ndarray, *, quantized: bool) -> bytes:
-    """Append the anchors output and order outputs (scores, offsets, anchors) with ST's signature."""
+    """Append the anchors output and order outputs (scores, offsets, anchors) with ST's signature.
+
+    The anchors are a constant (int8 + DEQUANTIZE when ``quantized``, as in ST's files) tiled over
+    the runtime batch of the input, so a file with a dynamic batch (signature -1) can be resized
+    like ST's and still returns one anchor set per image.
+    """
     schema, fbu = _schema()
     model = fbu.convert_bytearray_to_object(bytearray(tflite))
     if len(model.subgraphs) != 1:
@@ -80,31 +119,22 @@ def finalize_outputs(tflite: bytes, anchors: np.ndarray, *, quantized: bool) -> 
     if not offsets_i or len(scores_i) != 1 or shapes[scores_i[0]][:2] != (1, na):
         raise ValueError(f"cannot tell scores from offsets in outputs {shapes}")
     scores_i, offsets_i = scores_i[0], offsets_i[0]
+    input_i = int(sg.inputs[0])
+    in_sig = sg.tensors[input_i].shapeSignature
+    signature = None if in_sig is None or int(in_sig[0]) != -1 else (-1, na, 4)
     anchors = anchors.reshape(1, na, 4).astype(np.float32)
-    T = schema.TensorType
-    out_i = _add_tensor(model, sg, schema, "anchors", (1, na, 4), T.FLOAT32)
-    op = schema.OperatorT()
+    T, B = schema.TensorType, schema.BuiltinOperator
+    multiples_i = _batch_multiples(model, sg, schema, input_i)
+    out_i = _add_tensor(model, sg, schema, "anchors", (1, na, 4), T.FLOAT32, signature=signature)
     if quantized:
         scale, zp, q = int8_affine(anchors)
-        # XNNPACK refuses a DEQUANTIZE fed directly by a constant, so a RESHAPE sits between
-        # (ST's files have TILE/RESHAPE there).
-        const_i = _add_tensor(model, sg, schema, "anchors_int8_const", (na, 4), T.INT8, q, (scale, zp))
-        shape_i = _add_tensor(model, sg, schema, "anchors_shape", (3,), T.INT32, np.asarray([1, na, 4], np.int32))
-        mid_i = _add_tensor(model, sg, schema, "anchors_int8", (1, na, 4), T.INT8, None, (scale, zp))
-        reshape = schema.OperatorT()
-        reshape.opcodeIndex = _opcode_index(model, schema, schema.BuiltinOperator.RESHAPE)
-        reshape.inputs = np.asarray([const_i, shape_i], dtype=np.int32)
-        reshape.outputs = np.asarray([mid_i], dtype=np.int32)
-        sg.operators.append(reshape)
-        op.opcodeIndex = _opcode_index(model, schema, schema.BuiltinOperator.DEQUANTIZE)
-        op.inputs = np.asarray([mid_i], dtype=np.int32)
+        const_i = _add_tensor(model, sg, schema, "anchors_int8_const", (1, na, 4), T.INT8, q, (scale, zp))
+        tiled_i = _add_tensor(model, sg, schema, "anchors_int8", (1, na, 4), T.INT8, None, (scale, zp), signature)
+        _add_op(model, sg, schema, B.TILE, [const_i, multiples_i], [tiled_i], version=3)  # v3: int8
+        _add_op(model, sg, schema, B.DEQUANTIZE, [tiled_i], [out_i])
     else:
         const_i = _add_tensor(model, sg, schema, "anchors_const", (1, na, 4), T.FLOAT32, anchors)
-        shape_i = _add_tensor(model, sg, schema, "anchors_shape", (3,), T.INT32, np.asarray([1, na, 4], np.int32))
-        op.opcodeIndex = _opcode_index(model, schema, schema.BuiltinOperator.RESHAPE)
-        op.inputs = np.asarray([const_i, shape_i], dtype=np.int32)
-    op.outputs = np.asarray([out_i], dtype=np.int32)
-    sg.operators.append(op)
+        _add_op(model, sg, schema, B.TILE, [const_i, multiples_i], [out_i])
     sg.outputs = np.asarray([scores_i, offsets_i, out_i], dtype=np.int32)
     for idx, name in zip((scores_i, offsets_i), OUTPUT_NAMES):
         sg.tensors[idx].name = name.encode()

@@ -37,10 +37,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes), not a checkpoint")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint ({exc})") from None
+    except Exception as exc:  # torch raises many types for a corrupt file, some with long texts
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
+        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint: corrupt, truncated or another "
+                         f"format ({detail})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{path}: not an ssd_mnv1 checkpoint (no 'state_dict')")
     hp = ckpt.get("hyper_parameters") or {}

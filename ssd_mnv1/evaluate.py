@@ -1,11 +1,15 @@
 """Evaluate any model file on a dataset with ST's AP (2.0 / 2025 variants) and COCO metrics.
 
     python -m ssd_mnv1.evaluate MODEL --data DIR [--metric st20|st25|coco|all] [--size S]
-                                [--int8-input raw|st] [--json FILE] [--pr-curve FILE.png]
+                                [--int8-input raw|st|st25] [--decoder pil|tf] [--st25-nms torch|tf]
+                                [--threads N] [--json FILE] [--pr-curve FILE.png]
 
 MODEL is a ``.ckpt``, an ST/Keras ``.h5`` (through our importer, run in PyTorch), an ``.onnx`` or a
 ``.tflite``; DIR is a COCO json + images folder or ST's YOLO layout, detected automatically.
 Images are stretched to SxS with ST's nearest resize (decoded in parallel worker processes).
+``--json FILE`` writes ``{"images": N, "st_ap_20": x, "st_ap_25": y, "coco": {"AP": .., "AP50": ..,
+"AP75": .., "APs": .., "APm": .., "APl": ..}}`` in percent, with only the keys of the metrics asked
+for (``--metric all`` gives all four).
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import argparse
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,21 +27,52 @@ from tqdm import tqdm
 from .cli import run
 from .fileio import atomic_write_text
 from .preprocess import INTERPOLATIONS, resize
+from .runners import INT8_INPUT_MODES
 
 METRICS = ("st20", "st25", "coco", "all")
+
+
+#: JPEG decoders: ``pil`` (the dataset's own loader: libjpeg's accurate integer IDCT, as training
+#: sees the images) or ``tf`` (``tf.io.decode_image``, what ST's evaluation code calls: TF's default
+#: fast integer IDCT, which changes most pixels by a few levels and ST-AP by ~0.1 point).
+DECODERS = ("pil", "tf")
+
+
+def decode_tf(path: str | os.PathLike) -> np.ndarray:
+    """Decode as ST's code does: ``tf.io.decode_image(channels=3)`` (fast IDCT, EXIF ignored)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise ValueError("--decoder tf needs tensorflow; install the export extra "
+                         "(pip install -e '.[export]') or use --decoder pil") from None
+    try:
+        data = tf.io.read_file(str(path))
+        return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as exc:
+        raise ValueError(f"{path}: TensorFlow cannot decode this image ({exc.message})") from None
 
 
 class ResizedImages(Dataset):
     """Dataset view yielding ``(resized HWC image, index)``; decoding runs in DataLoader workers."""
 
-    def __init__(self, dataset, size: int, interpolation: str = "nearest"):
-        self.dataset, self.size, self.interpolation = dataset, size, interpolation
+    def __init__(self, dataset, size: int, interpolation: str = "nearest", decoder: str = "pil"):
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
+        self.dataset, self.size, self.interpolation, self.decoder = dataset, size, interpolation, decoder
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, i):
-        image, _ = self.dataset[i]
+        if self.decoder == "tf":
+            rec = self.dataset.records[i]
+            image = decode_tf(rec.file)
+            if image.shape[:2] != (rec.height, rec.width):
+                raise ValueError(f"{rec.file}: TensorFlow decodes {image.shape[1]}x{image.shape[0]} but the "
+                                 f"annotations say {rec.width}x{rec.height}")
+        else:
+            image, _ = self.dataset[i]
         return resize(image, self.size, self.interpolation), i
 
 
@@ -67,24 +101,37 @@ class EvaluationResult:
 
 
 def resize_all(dataset, size: int, interpolation: str = "nearest", *, workers: int | None = None,
-               batch_size: int = 32, progress: bool = True) -> np.ndarray:
-    """Decode and resize a whole dataset once (N, S, S, 3), to run several models on the same pixels."""
-    loader = _loader(ResizedImages(dataset, size, interpolation), batch_size, workers)
+               batch_size: int = 32, progress: bool = True, limit: int | None = None,
+               decoder: str = "pil") -> np.ndarray:
+    """Decode and resize a dataset once (N, S, S, 3), to run several models on the same pixels.
+
+    ``limit``: only the first N images (pass the same ``limit`` to :func:`evaluate`).
+    """
+    view = ResizedImages(dataset, size, interpolation, decoder)
+    if limit is not None and limit < len(view):
+        view = torch.utils.data.Subset(view, range(max(0, limit)))
+    loader = _loader(view, batch_size, workers, decoder)
     batches = [b for b, _ in tqdm(loader, desc=f"decode+resize @{size}", unit="batch", disable=not progress)]
     return np.concatenate(batches) if batches else np.zeros((0, size, size, 3), np.uint8)
 
 
-def _loader(view, batch_size: int, workers: int | None) -> DataLoader:
+def _loader(view, batch_size: int, workers: int | None, decoder: str = "pil") -> DataLoader:
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    if decoder == "tf":  # TensorFlow is not fork-safe once initialised; its decoder is fast anyway
+        workers = 0
     return DataLoader(view, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
 
 
 def evaluate(runner, dataset, metrics: tuple[str, ...] = ("st20",), *, batch_size: int = 16,
              workers: int | None = None, interpolation: str = "nearest", progress: bool = True,
-             limit: int | None = None, images: np.ndarray | None = None) -> EvaluationResult:
+             limit: int | None = None, images: np.ndarray | None = None,
+             decoder: str = "pil", st25_nms: str = "torch") -> EvaluationResult:
     """Run ``runner`` over ``dataset`` and compute the requested metrics.
 
-    ``images``: the dataset already resized by :func:`resize_all` (skips decoding).
+    ``images``: the first ``len(images)`` images of the dataset already resized by
+    :func:`resize_all` (skips decoding); only those are evaluated. ``decoder``: see
+    :data:`DECODERS`. ``st25_nms``: NMS back-end of the st25 and COCO post-processing
+    (``metrics.NMS_BACKENDS``; ``tf`` is ST 2025's own op and breaks score ties as ST does).
     """
     from .metrics import STAPEvaluator, coco_metrics, st_detections
 
@@ -97,22 +144,30 @@ def evaluate(runner, dataset, metrics: tuple[str, ...] = ("st20",), *, batch_siz
     if images is not None:
         if images.shape[1] != size:
             raise ValueError(f"pre-resized images are {images.shape[1]}px, the model needs {size}px")
+        if len(images) > len(dataset):
+            raise ValueError(f"{len(images)} pre-resized images for a dataset of {len(dataset)}")
+        n = min(n, len(images))
         loader = [(images[i:min(i + batch_size, n)], list(range(i, min(i + batch_size, n))))
                   for i in range(0, n, batch_size)]
     else:
-        view = ResizedImages(dataset, size, interpolation)
-        loader = _loader(torch.utils.data.Subset(view, range(n)) if n < len(view) else view, batch_size, workers)
+        view = ResizedImages(dataset, size, interpolation, decoder)
+        loader = _loader(torch.utils.data.Subset(view, range(n)) if n < len(view) else view, batch_size,
+                         workers, decoder)
     records = dataset.records
     seen = []
     for batch, indices in tqdm(loader, desc=f"evaluate {runner.name} @{size}", unit="batch",
                                 disable=not progress):
         scores, offsets, anchors = runner(batch)
+        dets = {v: st_detections(scores, offsets, anchors, v, nms=st25_nms if v == "st25" else "torch")
+                for v in variants}
         for variant in variants:
-            for i, (boxes, det_scores, labels) in zip(indices, st_detections(scores, offsets, anchors, variant)):
+            for i, (boxes, det_scores, labels) in zip(indices, dets[variant]):
                 rec = records[i]
                 evaluators[variant].add(rec.image_id, boxes, det_scores, labels, rec.boxes, rec.labels)
-        if want_coco:
-            for i, det in zip(indices, st_detections(scores, offsets, anchors, "st25", max_detections=100)):
+        if want_coco:  # COCO gets the 2025 post-processing (clip, NMS, top 100), as st25 uses
+            coco_in = dets["st25"] if "st25" in dets else \
+                st_detections(scores, offsets, anchors, "st25", max_detections=100, nms=st25_nms)
+            for i, det in zip(indices, coco_in):
                 coco_dets[records[i].image_id] = det
         seen += indices
     result = EvaluationResult(images=len(seen), model=runner.name, input_size=size)
@@ -142,11 +197,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="COCO json/folder or ST YOLO-layout folder")
     parser.add_argument("--metric", default="st20", choices=METRICS, help="default: st20 (ST's 2.0 evaluator)")
     parser.add_argument("--size", type=int, help="input size; must match the model's if given")
-    parser.add_argument("--int8-input", default="raw", choices=("raw", "st"),
-                        help="uint8 TFLite input: raw pixels (device) or ST's host conversion")
+    parser.add_argument("--int8-input", default="raw", choices=INT8_INPUT_MODES,
+                        help="uint8 TFLite input: raw pixels (device), ST 2.0's (st) or 2025's (st25) "
+                             "host conversion")
     parser.add_argument("--interpolation", default="nearest", choices=INTERPOLATIONS)
+    parser.add_argument("--decoder", default="pil", choices=DECODERS,
+                        help="JPEG decoder: pil (default) or tf (ST's tf.io.decode_image, fast IDCT; "
+                             "needs tensorflow) to reproduce ST's numbers")
+    parser.add_argument("--st25-nms", default="torch", choices=("torch", "tf"),
+                        help="NMS of st25/COCO: torch (default) or tf (ST 2025's own op, needs tensorflow; "
+                             "breaks ties between equal int8 scores as ST does)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, help="decoding worker processes (default: up to 4)")
+    parser.add_argument("--threads", type=int,
+                        help="PyTorch / TFLite compute threads (default: the libraries' own); 1 is much "
+                             "faster on a machine whose cores are busy with other work")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
     parser.add_argument("--json", help="write the metrics as JSON (percentages)")
     parser.add_argument("--pr-curve", help="write a precision-recall PNG")
@@ -155,14 +220,19 @@ def main(argv: list[str] | None = None) -> int:
     from .data import open_dataset
     from .runners import open_runner
 
-    runner = open_runner(args.model, int8_input=args.int8_input)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    runner = open_runner(args.model, int8_input=args.int8_input, num_threads=args.threads)
     if args.size is not None and args.size != runner.input_size:
         raise ValueError(f"--size {args.size} does not match {args.model}, whose input is "
                          f"{runner.input_size}x{runner.input_size}")
     dataset = open_dataset(args.data)
     metrics = ("st20", "st25", "coco") if args.metric == "all" else (args.metric,)
     result = evaluate(runner, dataset, metrics, batch_size=args.batch_size, workers=args.workers,
-                      interpolation=args.interpolation, limit=args.limit)
+                      interpolation=args.interpolation, limit=args.limit, decoder=args.decoder,
+                      st25_nms=args.st25_nms)
     print(format_result(result))
     if args.json:
         atomic_write_text(args.json, json.dumps(result.to_json(), indent=2) + "\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 INTERPOLATIONS = ("nearest", "bilinear")
 
@@ -27,8 +27,27 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             return pil_to_rgb(im)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such image file") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot decode image ({exc})") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise image_error(path, exc) from None
+
+
+def image_error(path: Path, exc: Exception) -> ValueError:
+    """A one-line ValueError naming ``path`` and saying what is wrong with it, from PIL's exception."""
+    try:
+        empty = path.stat().st_size == 0
+    except OSError:
+        empty = False
+    if empty:
+        return ValueError(f"{path}: empty file (0 bytes), not an image")
+    if isinstance(exc, UnidentifiedImageError):
+        return ValueError(f"{path}: not a readable image (unknown format or corrupt header)")
+    if isinstance(exc, Image.DecompressionBombError):
+        return ValueError(f"{path}: image is too large to decode safely ({exc})")
+    if isinstance(exc, IsADirectoryError):
+        return ValueError(f"{path}: is a folder, not an image file")
+    if "truncated" in str(exc).lower():
+        return ValueError(f"{path}: image file is truncated (it ends before the image data does)")
+    return ValueError(f"{path}: corrupt image, cannot decode it ({exc})")
 
 
 def pil_to_rgb(im: Image.Image) -> np.ndarray:
@@ -69,7 +88,7 @@ def resize(image, size: int, interpolation: str = "nearest") -> np.ndarray:
         cols = tf_nearest_indices(arr.shape[1], size)
         return arr[rows][:, cols]
     if interpolation == "bilinear":
-        t = torch.from_numpy(arr).permute(2, 0, 1)[None].float()
+        t = torch.from_numpy(np.array(arr)).permute(2, 0, 1)[None].float()
         out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
         return out[0].permute(1, 2, 0).numpy()
     raise ValueError(f"unknown interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}")

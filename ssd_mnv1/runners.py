@@ -17,7 +17,9 @@ import torch
 
 from .anchors import generate_anchors
 
-INT8_INPUT_MODES = ("raw", "st")
+#: uint8 input of an int8 TFLite file: ``raw`` pixels (the STM32 firmware), ``st`` = ST 2.0's host
+#: conversion (the code behind the 2.0 card), ``st25`` = the 2025 code's truncating conversion.
+INT8_INPUT_MODES = ("raw", "st", "st25")
 
 
 class Runner(Protocol):
@@ -72,13 +74,15 @@ def _identify_outputs(outputs: list[np.ndarray], input_size: int) -> tuple[np.nd
 class OnnxRunner:
     """An ONNX file through onnxruntime; NCHW (our export, ST's sample) or NHWC float input."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None):
         import onnxruntime as ort
 
         self.path = Path(path)
         self.name = "onnx"
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        if num_threads is not None:
+            opts.intra_op_num_threads = int(num_threads)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
@@ -103,22 +107,28 @@ class OnnxRunner:
         return _identify_outputs(outs, self.input_size)
 
 
-def st_host_quantize(images: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """ST 2.0's host conversion: q = round(x/scale + zp) on the normalized float image.
+def st_host_quantize(images: np.ndarray, scale: float, zero_point: int, mode: str = "st") -> np.ndarray:
+    """ST's host-side uint8 conversion of the normalized image (st_reference §5, §7.2).
 
-    Float noise makes it a mix of q = p and q = p - 1 (st_reference §5); the device instead gets
-    the raw pixels.
+    ``st`` (2.0): x = p * float32(1/127.5) - 1 in float32 (``tf.cast(image, float32) * scale +
+    offset``), then q = round(x / scale + zp): float noise makes 192 of the 256 pixel values map to
+    q = p and the rest to p - 1. ``st25`` (2025): q = uint8-cast(x / scale + zp), a truncation, so
+    q = p - 1 for p >= 1 and 0 for p = 0. The device instead gets the raw pixels.
     """
-    x = normalize_batch(images)
-    q = np.round(x / np.float32(scale) + np.float32(zero_point))
-    return np.clip(q, 0, 255).astype(np.uint8)
+    if mode not in ("st", "st25"):
+        raise ValueError(f"unknown host conversion {mode!r}; expected 'st' or 'st25'")
+    x = images.astype(np.float32) * np.float32(1.0 / 127.5) - np.float32(1.0)
+    v = x / float(scale) + float(zero_point)  # float32 array / Python float stays float32, as in ST
+    if mode == "st":
+        v = np.round(v)
+    return np.clip(np.trunc(v), 0, 255).astype(np.uint8)
 
 
 class TFLiteRunner:
     """A TFLite file (float32 or int8 with uint8/int8 input) through ai-edge-litert (or tf.lite).
 
-    ``int8_input``: ``raw`` feeds the uint8 pixels as the STM32 firmware does; ``st`` applies
-    ST's host-side conversion (§5) to mimic ST's published Python numbers.
+    ``int8_input``: ``raw`` feeds the uint8 pixels as the STM32 firmware does; ``st`` / ``st25``
+    apply ST 2.0's / 2025's host-side conversion (§5) to mimic ST's Python numbers.
     """
 
     def __init__(self, path: str | os.PathLike, int8_input: str = "raw", num_threads: int | None = None):
@@ -142,10 +152,10 @@ class TFLiteRunner:
         if dtype == np.uint8:
             if self.int8_input == "raw":
                 return image[None].astype(np.uint8)
-            return st_host_quantize(image[None], scale, zp)
+            return st_host_quantize(image[None], scale, zp, self.int8_input)
         if dtype == np.int8:  # int8 input: same real value as uint8 with zp shifted by 128
             q = image[None].astype(np.int16) if self.int8_input == "raw" else \
-                st_host_quantize(image[None], scale, zp + 128).astype(np.int16)
+                st_host_quantize(image[None], scale, zp + 128, self.int8_input).astype(np.int16)
             return (q - 128).astype(np.int8)
         raise ValueError(f"{self.path}: unsupported input dtype {dtype}")
 
@@ -220,7 +230,7 @@ def open_runner(path: str | os.PathLike, *, int8_input: str = "raw", h5_backend:
         return TorchRunner(load_keras_h5(path), "pytorch (.h5 import)", device)
     if suffix == ".onnx":
         try:
-            return OnnxRunner(path)
+            return OnnxRunner(path, num_threads=num_threads)
         except ImportError:
             raise ValueError(f"{path}: running .onnx files needs onnxruntime; "
                              "install the export extra: pip install -e '.[export]'") from None

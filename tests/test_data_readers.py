@@ -137,7 +137,9 @@ def test_coco_nonpositive_bbox_skipped_with_warning(tmp_path):
 def test_coco_box_over_the_edge_clipped_outside_skipped(tmp_path):
     anns = [{"id": 1, "image_id": 10, "category_id": 1, "bbox": [-2, 25, 10, 10]},
             {"id": 2, "image_id": 10, "category_id": 1, "bbox": [45, 3, 10, 10]}]
-    ds = read_coco(coco_set(tmp_path, anns))
+    with pytest.warns(UserWarning, match=r"skipped 1 box\(es\) lying entirely outside their image, "
+                                         r"e.g. annotations\[1\] \(id 2\)"):
+        ds = read_coco(coco_set(tmp_path, anns))
     np.testing.assert_allclose(ds.records[0].boxes, [[0, 25 / 30, 8 / 40, 1]], atol=1e-7)
     assert ds.skipped["bbox_outside_image"] == 1
 
@@ -227,12 +229,14 @@ def test_yolo_images_and_labels_folders(tmp_path):
     (tmp_path / "labels" / "y.txt").write_text("0 0.5 0.5 0.5 0.5\n")
     (tmp_path / "labels" / "z.txt").write_text("0 0.5 0.5 0.5 0.5\n")
     (tmp_path / "labels" / "orphan.txt").write_text("0 0.5 0.5 0.5 0.5\n")
-    ds = read_yolo(tmp_path)
+    with pytest.warns(UserWarning, match=r"ignored 1 label file\(s\) without an image, e.g. .*orphan.txt"):
+        ds = read_yolo(tmp_path)
     assert [r.file.name for r in ds.records] == ["x.png", "y.bmp", "z.jpeg"]
     assert ds.skipped == {"orphan_label_file": 1}
     assert ds[1][0].shape == (16, 32, 3)
     # The images/ folder itself, with labels/ beside it, is the same set.
-    assert [r.file for r in read_yolo(tmp_path / "images").records] == [r.file for r in ds.records]
+    with pytest.warns(UserWarning, match="orphan.txt"):
+        assert [r.file for r in read_yolo(tmp_path / "images").records] == [r.file for r in ds.records]
 
 
 def test_yolo_missing_or_empty_label_file_dropped_and_counted(tmp_path):
@@ -240,12 +244,26 @@ def test_yolo_missing_or_empty_label_file_dropped_and_counted(tmp_path):
         write_image(tmp_path / f"{name}.jpg")
     (tmp_path / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")
     (tmp_path / "b.txt").write_text("\n")
-    ds = read_yolo(tmp_path)
+    with pytest.warns(UserWarning, match=r"skipped 1 image\(s\) without a label file, e.g. .*c.jpg"):
+        ds = read_yolo(tmp_path)
     assert [r.file.name for r in ds.records] == ["a.jpg"]
     assert ds.skipped == {"no_boxes": 1, "no_label_file": 1}
     kept = read_yolo(tmp_path, keep_empty=True)
     assert [r.image_id for r in kept.records] == [0, 1, 2] and kept.skipped == {}
     assert kept.records[2].boxes.shape == (0, 4)
+
+
+def test_set_left_empty_after_skipping_is_an_error_with_the_counts(tmp_path):
+    """Evaluating or training on zero images is never intended; say why nothing is left."""
+    write_image(tmp_path / "y" / "a.jpg")
+    (tmp_path / "y" / "a.txt").write_text("\n")
+    with pytest.raises(ValueError, match=r"y: dataset is empty: no image with a box of class 'person' "
+                                         r"\(skipped: no_boxes=1\)"):
+        read_yolo(tmp_path / "y")
+    anns = [{"id": 1, "image_id": 12, "category_id": 3, "bbox": [2, 2, 4, 4]}]
+    with pytest.raises(ValueError, match=r"annotations.json: dataset is empty: .*\(skipped: no_boxes=3\)"):
+        read_coco(coco_set(tmp_path / "c", anns))
+    assert len(read_coco(tmp_path / "c" / "annotations.json", keep_empty=True)) == 3
 
 
 def test_yolo_several_classes(tmp_path):
@@ -272,6 +290,13 @@ def test_yolo_bad_line_names_file_and_line(tmp_path, line, pattern):
     write_image(tmp_path / "a.jpg")
     (tmp_path / "a.txt").write_text(f"0 0.5 0.5 0.2 0.2\n{line}\n")
     with pytest.raises(ValueError, match=pattern):
+        read_yolo(tmp_path)
+
+
+def test_yolo_binary_label_file_named(tmp_path):
+    write_image(tmp_path / "a.jpg")
+    (tmp_path / "a.txt").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(ValueError, match=r"a.txt: not a UTF-8 text label file"):
         read_yolo(tmp_path)
 
 

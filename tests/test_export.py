@@ -1,4 +1,5 @@
-"""The real export chain (onnx2tf, TFLite converter, LiteRT interpreter) on a small random model.
+"""The real export chain (onnx2tf, TFLite converter, LiteRT interpreter) on a small random model,
+and on ST's own 192 .h5 against ST's int8 file when ../shared/reference is present.
 
 Needs the ``export`` extra, which CI installs.
 """
@@ -14,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REFERENCE
+from conftest import REFERENCE, st_h5
 from ssd_mnv1 import build_model
 from ssd_mnv1.checkpoint import save_checkpoint
 
@@ -106,14 +107,116 @@ def test_compat_check_passes_on_itself_and_names_differences(exported):
     assert any("dtype float32 vs reference uint8" in d for d in diffs)
 
 
-@pytest.mark.skipif(not (REFERENCE / "st_ssd_mobilenet_v1_025_192").is_dir(), reason="ST reference files absent")
-def test_int8_export_matches_st_reference_contract(exported):
+def _run_batch(path, x):
+    from ssd_mnv1.runners import make_interpreter
+
+    it = make_interpreter(path, builtin=True)
+    inp = it.get_input_details()[0]
+    it.resize_tensor_input(inp["index"], list(x.shape))
+    it.allocate_tensors()
+    it.set_tensor(inp["index"], x)
+    it.invoke()
+    return [it.get_tensor(o["index"]) for o in it.get_output_details()]
+
+
+@pytest.mark.parametrize("target", ["tflite-fp32", "tflite-int8"])
+def test_exported_tflite_has_a_dynamic_batch_and_one_anchor_set_per_image(exported, target):
+    """ST's files have batch -1 and ST's host evaluation resizes the input to 64 images."""
+    from ssd_mnv1.runners import make_interpreter
+
     _, result, _ = exported
-    ref = REFERENCE / "st_ssd_mobilenet_v1_025_192" / "st_ssd_mobilenet_v1_025_192_int8.tflite"
-    res = subprocess.run([sys.executable, "-m", "ssd_mnv1.export.compat", str(result.files["tflite-int8"]), str(ref)],
+    path = result.files[target]
+    it = make_interpreter(path)
+    assert [int(d["shape_signature"][0]) for d in it.get_input_details() + it.get_output_details()] == [-1] * 4
+    x = np.random.default_rng(3).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    if target == "tflite-fp32":
+        x = x.astype(np.float32) / np.float32(127.5) - np.float32(1)
+    together = _run_batch(path, x)
+    for i in range(3):
+        alone = _run_batch(path, x[i:i + 1])
+        for a, b in zip(together, alone):
+            assert a.shape[0] == 3 and np.abs(a[i:i + 1] - b).max() <= 1e-5
+
+
+def test_per_channel_export_has_per_channel_weights_and_per_tensor_option_has_none(exported, tmp_path):
+    from ssd_mnv1.export import tf_stage, tflite_edit
+    from ssd_mnv1.export.compat import weight_quantization
+    from ssd_mnv1.export.pipeline import calibration_images
+
+    model, result, root = exported
+    assert weight_quantization(result.files["tflite-int8"])["per-tensor"] == 0
+    data = tf_stage.to_tflite_int8(result.files["saved_model"], calibration_images(root / "calib", SIZE, 6),
+                                   per_tensor=True)
+    path = tmp_path / "per_tensor.tflite"
+    path.write_bytes(tflite_edit.finalize_outputs(data, model.anchors.numpy(), quantized=True))
+    counts = weight_quantization(path)
+    assert counts["per-tensor"] > 0 and counts["per-channel"] == 0 and counts["float"] == 0
+
+
+def test_compat_check_names_outputs_swapped_in_the_same_shape(exported, tmp_path):
+    """Offsets and anchors are both (1,NA,4): only their content tells a wrong order apart."""
+    from ssd_mnv1.export.compat import compare, read_contract
+    from ssd_mnv1.export.tflite_edit import _schema
+
+    _, result, _ = exported
+    _, fbu = _schema()
+    model = fbu.read_model(str(result.files["tflite-int8"]))
+    sg = model.subgraphs[0]
+    sg.outputs = np.asarray([sg.outputs[0], sg.outputs[2], sg.outputs[1]], dtype=np.int32)
+    model.signatureDefs = []
+    swapped = tmp_path / "swapped.tflite"
+    fbu.write_model(model, str(swapped))
+    diffs, _ = compare(read_contract(swapped), read_contract(result.files["tflite-int8"]))
+    assert diffs == ["output order by content: ['scores', 'anchors', 'offsets'] vs reference "
+                     "['scores', 'offsets', 'anchors']"]
+
+
+# ------------------------------------------------------------- ST's own .h5 vs ST's own int8 file
+
+ST_192 = REFERENCE / "st_ssd_mobilenet_v1_025_192"
+
+
+@pytest.fixture(scope="module")
+def st_192_export(tmp_path_factory):
+    """ST's 192 .h5 through our importer and the whole chain; calibrated on the test-vector photo
+    only (the I/O contract and float parity do not depend on calibration quality)."""
+    needed = (ST_192 / "st_ssd_mobilenet_v1_025_192_int8.tflite", REFERENCE / "test_vectors" / "people_826x547.jpg")
+    if not all(f.is_file() for f in needed):
+        pytest.skip(f"ST reference files not present at {ST_192}")
+    from ssd_mnv1.export.pipeline import export, load_model
+
+    root = tmp_path_factory.mktemp("st192")
+    (root / "calib").mkdir()
+    (root / "calib" / "people.jpg").write_bytes((REFERENCE / "test_vectors" / "people_826x547.jpg").read_bytes())
+    h5 = st_h5(REFERENCE, 192)
+    result = export(h5, root / "out", "tflite-int8", calib=root / "calib", calib_count=1, log=lambda *_: None)
+    return load_model(h5)[0], result
+
+
+def test_st_192_h5_exports_to_float_tflite_equal_to_pytorch(st_192_export):
+    model, result = st_192_export
+    photo = np.load(REFERENCE / "test_vectors" / "ref_outputs_192.npz")["input_uint8_hwc"][None]
+    noise = np.random.default_rng(4).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+    x = np.concatenate([photo, noise]).astype(np.float32) / np.float32(127.5) - np.float32(1)
+    scores, offsets, anchors = _run_batch(result.files["tflite-fp32"], x)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x).permute(0, 3, 1, 2))
+    assert np.abs(scores - ref[0].numpy()).max() <= 1e-4
+    assert np.abs(offsets - ref[1].numpy()).max() <= 1e-4
+    assert np.array_equal(anchors, ref[2].numpy())
+
+
+def test_st_192_h5_int8_export_has_exactly_the_io_contract_of_st_int8_file(st_192_export):
+    from ssd_mnv1.export.compat import output_quantization
+
+    _, result = st_192_export
+    ours, ref = result.files["tflite-int8"], ST_192 / "st_ssd_mobilenet_v1_025_192_int8.tflite"
+    res = subprocess.run([sys.executable, "-m", "ssd_mnv1.export.compat", str(ours), str(ref)],
                          capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.returncode == 0 and "DIFFERS" not in res.stdout, res.stdout + res.stderr[-2000:]
     assert "compatible" in res.stdout
+    # the anchors constant is quantized with the same min/max rule as ST's converter
+    assert output_quantization(ours)[2] == pytest.approx(output_quantization(ref)[2], rel=1e-6)
 
 
 def test_interrupted_export_leaves_no_file_under_the_final_name(exported, monkeypatch, tmp_path):

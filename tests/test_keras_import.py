@@ -88,6 +88,22 @@ def test_truncated_file_gives_a_clear_error(tmp_path):
         load_keras_h5(cut)
 
 
+def test_zero_byte_file_is_called_empty(tmp_path):
+    (tmp_path / "empty.h5").write_bytes(b"")
+    with pytest.raises(KerasImportError, match=r"empty.h5: empty file \(0 bytes\)"):
+        load_keras_h5(tmp_path / "empty.h5")
+
+
+def test_unsupported_or_non_square_input_layer_is_named(tmp_path):
+    path = write_keras_h5(build_model(input_size=192), tmp_path / "r200.h5", input_size=200)
+    with pytest.raises(KerasImportError, match=r"r200.h5: input layer 'input_1' is 200x200; .*192, 224, 256"):
+        load_keras_h5(path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["model_config"] = f.attrs["model_config"].replace("[null, 200, 200, 3]", "[null, 192, 256, 3]")
+    with pytest.raises(KerasImportError, match=r"input layer 'input_1' is 192x256 \(height x width\)"):
+        load_keras_h5(path)
+
+
 def test_non_keras_hdf5_is_refused(tmp_path):
     with h5py.File(tmp_path / "x.h5", "w") as f:
         f.create_dataset("a", data=[1])

@@ -74,6 +74,16 @@ def test_a_detection_on_a_crowd_region_is_not_a_false_positive():
     assert coco_metrics(records, dets)["AP"] < 1.0
 
 
+def test_an_image_without_ground_truth_only_counts_through_its_detections():
+    records = _synthetic() + [_record(14, 300, 200, np.zeros((0, 4)))]
+    dets = _gt_as_detections(records)
+    assert len(dets[14][0]) == 0
+    assert coco_metrics(records, dets)["AP"] == pytest.approx(1.0)
+    # a confident box on the empty image is a false positive ranked first
+    dets[14] = (np.array([[0.1, 0.1, 0.6, 0.6]], np.float32), np.array([2.0]), np.array([1]))
+    assert coco_metrics(records, dets)["AP"] < 1.0
+
+
 def test_only_the_top_max_detections_per_image_count():
     rec = _record(1, 200, 100, [[20, 20, 60, 80]])
     fps = np.array([[0.6, 0.1, 0.7, 0.2], [0.7, 0.1, 0.8, 0.2], [0.8, 0.1, 0.9, 0.2]], np.float32)

@@ -116,6 +116,23 @@ def test_no_detections_give_ap_zero():
     assert ev.compute().ap == 0.0
 
 
+def test_image_with_gt_but_no_detections_caps_recall():
+    # image 1: one GT, found at 0.9; image 2: one GT, no detection at all (npos 2).
+    # P = [1], R = [1/2] -> AP = 1/2 * 1 = 1/2
+    gt = {1: np.array([[0, 0, 15, 15]]), 2: np.array([[16, 16, 31, 31]])}
+    ap, precision, recall = average_precision([1], [[0, 0, 15, 15]], [0.9], gt)
+    np.testing.assert_allclose(precision, [1.0])
+    np.testing.assert_allclose(recall, [0.5])
+    assert ap == pytest.approx(0.5)
+    for variant in VARIANTS:
+        ev = STAPEvaluator(64, variant)
+        ev.add(1, [[0.0, 0.0, 0.25, 0.25]], [0.9], [1], [[0.0, 0.0, 0.25, 0.25]], [1])
+        ev.add(2, np.zeros((0, 4)), [], [], [[0.25, 0.25, 0.5, 0.5]], [1])
+        res = ev.compute()
+        assert res.ap == pytest.approx(0.5), variant
+        assert (res.num_images, res.num_gt, res.num_detections, res.skipped_images) == (2, 2, 1, 0)
+
+
 def test_image_without_gt_is_left_out_and_counted():
     ev = STAPEvaluator(64, "st20")
     ev.add(1, [[0.25, 0.25, 0.5, 0.5]], [0.5], [1], [[0.25, 0.25, 0.5, 0.5]], [1])
@@ -290,6 +307,36 @@ def test_st20_greedy_nms_matches_a_plain_python_reference():
         if all(iou(boxes[i].astype(float), boxes[j].astype(float)) < 0.5 for j in kept):
             kept.append(i)
     np.testing.assert_array_equal(b, boxes[kept])
+
+
+def test_tf_combined_nms_backend_equals_torchvision_when_no_scores_tie():
+    # ST 2025 calls TF's combined NMS; without equal scores its result is fully determined, so the
+    # torchvision path must give exactly the same boxes in the same order (cap and clip included)
+    pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(4)
+    n = 2000
+    xy = rng.uniform(-0.1, 0.9, (2, n, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(0.02, 0.4, (2, n, 2))], axis=2).astype(np.float32)
+    p = rng.permutation(2 * n).reshape(2, n).astype(np.float32) / (2 * n)  # distinct scores
+    scores = np.stack([1 - p, p], axis=-1)
+    anchors = np.float32([[0.0, 0.0, 1.0, 1.0]]).repeat(n, 0)
+    offsets = boxes - anchors  # anchor size 1: decoded = anchors + offsets = boxes
+    for cap in (100, 7):
+        ours = st_detections(scores, offsets, anchors, "st25", max_detections=cap)
+        tf_ = st_detections(scores, offsets, anchors, "st25", max_detections=cap, nms="tf")
+        for (b1, s1, l1), (b2, s2, l2) in zip(ours, tf_):
+            assert len(s1) == cap
+            np.testing.assert_array_equal(s1, s2)
+            np.testing.assert_array_equal(l1, l2)
+            np.testing.assert_allclose(b1, b2, atol=1e-6)
+
+
+def test_tf_nms_backend_is_refused_for_st20_and_unknown_backends_are_named():
+    out = _outputs([[0, 0, 1, 1]], [0.9])
+    with pytest.raises(ValueError, match="st25"):
+        st_detections(*out, "st20", nms="tf")
+    with pytest.raises(ValueError, match="torch, tf"):
+        st_detections(*out, "st25", nms="onnx")
 
 
 def test_bad_variant_is_rejected_with_the_allowed_values():

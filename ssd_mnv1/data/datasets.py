@@ -22,6 +22,9 @@ Policies (kept identical in both readers and in :mod:`ssd_mnv1.data.prepare`):
 * ``skipped`` reasons: ``no_boxes`` (image without a box of the chosen classes), ``no_label_file``
   (YOLO image without its .txt), ``bad_bbox``, ``bbox_outside_image``, ``orphan_label_file``
   (YOLO .txt without an image, ignored). Only things actually left out are counted.
+* Every reason but ``no_boxes`` (by design: ST's sets have no empty images) is also reported by
+  one warning with its count and up to three examples. A set left with no image at all is a
+  ``ValueError`` listing the skipped counts.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..preprocess import load_image, pil_to_rgb
+from ..preprocess import image_error, load_image, pil_to_rgb
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 YOLO_TOLERANCE = 1e-6
@@ -97,8 +100,9 @@ class DetectionDataset(torch.utils.data.Dataset):
                 raw = pil_to_rgb(im)
             if raw.shape[:2] == (rec.height, rec.width):
                 return raw
-        raise ValueError(f"{rec.file}: decoded image is {image.shape[1]}x{image.shape[0]} but the "
-                         f"annotations say {rec.width}x{rec.height}")
+        where = f"its images entry (id {rec.image_id})" if self.layout == "coco" else "the annotations"
+        raise ValueError(f"{rec.file}: decoded image is {image.shape[1]}x{image.shape[0]} but {where} "
+                         f"says {rec.width}x{rec.height}")
 
     # ------------------------------------------------------------------------------ summary
     @property
@@ -147,11 +151,23 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
                 orientation = None
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such image file") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read image header ({exc})") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise image_error(path, exc) from None
     if orientation in _SWAPPING_ORIENTATIONS:
         width, height = height, width
     return int(width), int(height)
+
+
+def _check_not_empty(source: Path, records: list, names: list[str], skipped: dict[str, int],
+                     keep_empty: bool) -> None:
+    """An empty dataset is an error: nothing could be evaluated or trained on."""
+    if records:
+        return
+    counts = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items()) if v)
+    if not counts:
+        raise ValueError(f"{source}: dataset is empty: it lists no images")
+    which = "no image left" if keep_empty else f"no image with a box of class {', '.join(map(repr, names))}"
+    raise ValueError(f"{source}: dataset is empty: {which} (skipped: {counts})")
 
 
 def _stack(boxes: list, labels: list, crowd: list, areas: list):
@@ -278,6 +294,7 @@ def read_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike | None 
     listing = set(os.listdir(image_dir))
     skipped = {"no_boxes": 0, "bad_bbox": 0, "bbox_outside_image": 0}
     bad_examples: list[str] = []
+    outside_examples: list[str] = []
     records = []
     for iid in order:
         img = images[iid]
@@ -310,6 +327,9 @@ def read_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike | None 
             x2, y2 = min(max((x + w) / W, 0.0), 1.0), min(max((y + h) / H, 0.0), 1.0)
             if x2 <= x1 or y2 <= y1:
                 skipped["bbox_outside_image"] += 1
+                if len(outside_examples) < 3:
+                    outside_examples.append(f"annotations[{i}] (id {ann.get('id', '?')}) bbox {ann['bbox']} "
+                                            f"in a {width}x{height} image")
                 continue
             boxes.append((x1, y1, x2, y2))
             labels.append(labels_of[ann["category_id"]])
@@ -325,6 +345,10 @@ def read_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike | None 
     if skipped["bad_bbox"]:
         warnings.warn(f"{json_path}: skipped {skipped['bad_bbox']} box(es) with width or height <= 0, "
                       f"e.g. {'; '.join(bad_examples)}", stacklevel=2)
+    if skipped["bbox_outside_image"]:
+        warnings.warn(f"{json_path}: skipped {skipped['bbox_outside_image']} box(es) lying entirely outside "
+                      f"their image, e.g. {'; '.join(outside_examples)}", stacklevel=2)
+    _check_not_empty(json_path, records, names, skipped, keep_empty)
     return DetectionDataset(json_path.parent, "coco", names, records, skipped)
 
 
@@ -411,11 +435,14 @@ def read_yolo(root: str | os.PathLike, class_names: Sequence[str] = ("person",),
     if not pairs:
         raise ValueError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found for a YOLO dataset")
     skipped = {"no_boxes": 0, "no_label_file": 0, "orphan_label_file": len(orphans)}
+    unlabelled: list[Path] = []
     records = []
     for image_id, (image, label) in enumerate(pairs):
         rows = parse_yolo_label(label, len(names)) if label.is_file() else None
         if not rows and not keep_empty:
             skipped["no_label_file" if rows is None else "no_boxes"] += 1
+            if rows is None:
+                unlabelled.append(image)
             continue
         width, height = image_size(image)
         boxes, labels, areas = [], [], []
@@ -427,6 +454,13 @@ def read_yolo(root: str | os.PathLike, class_names: Sequence[str] = ("person",),
             areas.append((x2 - x1) * width * (y2 - y1) * height)
         b, l, c, a = _stack(boxes, labels, [False] * len(labels), areas)
         records.append(Record(image_id, image, width, height, b, l, c, a))
+    if skipped["no_label_file"]:
+        warnings.warn(f"{root}: skipped {skipped['no_label_file']} image(s) without a label file, e.g. "
+                      f"{', '.join(map(str, unlabelled[:3]))}", stacklevel=2)
+    if orphans:
+        warnings.warn(f"{root}: ignored {len(orphans)} label file(s) without an image, e.g. "
+                      f"{', '.join(map(str, orphans[:3]))}", stacklevel=2)
+    _check_not_empty(root, records, names, skipped, keep_empty)
     return DetectionDataset(root, "yolo", names, records, skipped)
 
 

@@ -2,7 +2,7 @@
 
 from .coco import coco_metrics
 from .plots import save_pr_curve
-from .st_ap import VARIANTS, STAPEvaluator, STAPResult, average_precision, st_detections
+from .st_ap import NMS_BACKENDS, VARIANTS, STAPEvaluator, STAPResult, average_precision, st_detections
 
-__all__ = ["VARIANTS", "STAPEvaluator", "STAPResult", "st_detections", "average_precision",
+__all__ = ["VARIANTS", "NMS_BACKENDS", "STAPEvaluator", "STAPResult", "st_detections", "average_precision",
            "coco_metrics", "save_pr_curve"]

@@ -15,6 +15,7 @@ converter drops them).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,11 @@ from torchvision.ops import nms
 from ..box_coder import decode
 
 VARIANTS = ("st20", "st25")
+#: st25 NMS back-ends: ``torch`` (torchvision, equal scores visited in anchor order) or ``tf`` (TF's
+#: own ``combined_non_max_suppression``, which ST's 2025 code calls). They differ only in the order
+#: of equal scores, which int8 models (scores in steps of 1/256) have plenty of: that order changes
+#: which of two tied overlapping boxes survives and which box is the 100th, ~0.05 ST-AP point.
+NMS_BACKENDS = ("torch", "tf")
 
 # torchvision's NMS suppresses when IoU > threshold. ST 2.0 suppresses when IoU >= 0.5. In float64
 # "iou > nextafter(0.5, 0)" is exactly "iou >= 0.5", because no double lies strictly between the two
@@ -40,7 +46,9 @@ def _check_variant(variant: str) -> str:
 def _as_tensor(x) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu()
-    return torch.from_numpy(np.asarray(x))
+    arr = np.asarray(x)
+    # read-only arrays (TF/TFLite outputs, broadcast views) would make torch warn; copy those only
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -74,8 +82,28 @@ def _nms_in_order(boxes: torch.Tensor, scores: torch.Tensor, threshold: float,
     return order[keep]
 
 
+def _tf_combined_nms(boxes: torch.Tensor, scores: np.ndarray, score_threshold: float, iou_threshold: float,
+                     cap: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """ST 2025's ``tf.image.combined_non_max_suppression`` call on clipped boxes, person columns."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise ValueError("--st25-nms tf (TF's combined NMS) needs tensorflow; install the export extra "
+                         "(pip install -e '.[export]') or use --st25-nms torch") from None
+    b = boxes.numpy()
+    if b.shape[0] != scores.shape[0]:
+        b = np.broadcast_to(b, (scores.shape[0],) + b.shape[1:])
+    nb, ns, nc, nv = tf.image.combined_non_max_suppression(
+        np.ascontiguousarray(b[:, :, None, :]), np.ascontiguousarray(scores[:, :, 1:]), cap, cap,
+        iou_threshold=iou_threshold, score_threshold=score_threshold, pad_per_class=False, clip_boxes=False)
+    nb, ns, nc, nv = nb.numpy(), ns.numpy(), nc.numpy(), nv.numpy()
+    return [(nb[i, :n].astype(np.float32), ns[i, :n].astype(np.float32), nc[i, :n].astype(np.int64) + 1)
+            for i, n in enumerate(nv)]
+
+
 def st_detections(scores, offsets, anchors, variant: str = "st20", score_threshold: float = 0.001,
-                  iou_threshold: float = 0.5, max_detections: int | None = None,
+                  iou_threshold: float = 0.5, max_detections: int | None = None, nms: str = "torch",
                   ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """ST's post-processing of the model outputs, per variant (st_reference.md §6).
 
@@ -90,9 +118,14 @@ def st_detections(scores, offsets, anchors, variant: str = "st20", score_thresho
       cap on the NMS output).
     * st25: clip to [0, 1], keep score > thr, per-class NMS suppressing IoU > ``iou_threshold``
       (TF ``combined_non_max_suppression``, float32; corners are ordered for the IoU as TF does),
-      at most ``max_detections`` (default 100) per class and in total.
+      at most ``max_detections`` (default 100) per class and in total. ``nms="tf"`` runs TF's own
+      op instead of torchvision (see :data:`NMS_BACKENDS`; st25 only).
     """
     _check_variant(variant)
+    if nms not in NMS_BACKENDS:
+        raise ValueError(f"unknown NMS back-end {nms!r}; allowed values: {', '.join(NMS_BACKENDS)}")
+    if nms == "tf" and variant != "st25":
+        raise ValueError("the 'tf' NMS back-end is ST 2025's combined NMS: use it with variant 'st25'")
     scores_t, offsets_t, anchors_t = _as_tensor(scores), _as_tensor(offsets), _as_tensor(anchors)
     if scores_t.dim() == 2:
         scores_t, offsets_t = scores_t[None], offsets_t[None]
@@ -107,6 +140,8 @@ def st_detections(scores, offsets, anchors, variant: str = "st20", score_thresho
         cap = None if max_detections is None else int(max_detections)
         threshold = float(np.nextafter(float(iou_threshold), 0.0))
     scores_np = scores_t.float().numpy()
+    if nms == "tf":
+        return _tf_combined_nms(boxes_all, scores_np, float(score_threshold), threshold, cap)
     results = []
     for b in range(scores_np.shape[0]):
         boxes = boxes_all[b] if boxes_all.shape[0] > 1 else boxes_all[0]

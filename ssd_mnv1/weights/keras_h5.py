@@ -27,7 +27,7 @@ from torch import nn
 
 from ..backbone import ConvBN, MobileNetV1
 from ..model import SSDMobileNetV1, build_model
-from ..specs import ANCHORS_PER_LOCATION, SUPPORTED_ALPHAS
+from ..specs import ANCHORS_PER_LOCATION, SUPPORTED_ALPHAS, SUPPORTED_INPUT_SIZES
 
 _BACKBONE_RE = re.compile(r"^(conv1|conv_(dw|pw)_\d+)(_bn)?$")
 _AUTO_RE = re.compile(r"^(conv2d|depthwise_conv2d)(?:_(\d+))?$")
@@ -48,6 +48,9 @@ class KerasFile:
     classes: dict[str, str] = field(default_factory=dict)
     inbound: dict[str, list[str]] = field(default_factory=dict)
     input_size: int | None = None
+    #: Name and (height, width) of the saved graph's InputLayer, when the file has a graph.
+    input_layer: str | None = None
+    input_shape: tuple | None = None
 
     @property
     def is_detector(self) -> bool:
@@ -66,6 +69,8 @@ def read_keras_h5(path: str | os.PathLike) -> KerasFile:
     path = Path(path)
     if not path.is_file():
         raise KerasImportError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise KerasImportError(f"{path}: empty file (0 bytes), not a Keras .h5 file")
     try:
         with h5py.File(path, "r") as f:
             root = f["model_weights"] if "model_weights" in f else f
@@ -84,6 +89,10 @@ def read_keras_h5(path: str | os.PathLike) -> KerasFile:
     except KerasImportError:
         raise
     except (OSError, KeyError, ValueError) as exc:
+        cut = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", str(exc))
+        if cut:
+            raise KerasImportError(f"{path}: cannot read as a Keras .h5 file: it is truncated ({cut[1]} of "
+                                   f"{cut[2]} bytes)") from None
         raise KerasImportError(f"{path}: cannot read as a Keras .h5 file ({exc})") from None
 
     kf = KerasFile(path=path, weights=weights, layer_order=order)
@@ -94,6 +103,7 @@ def read_keras_h5(path: str | os.PathLike) -> KerasFile:
             kf.inbound[name] = _inbound_names(layer.get("inbound_nodes", []))
             shape = layer.get("config", {}).get("batch_input_shape")
             if layer.get("class_name") == "InputLayer" and shape and len(shape) == 4:
+                kf.input_layer, kf.input_shape = name, (shape[1], shape[2])
                 kf.input_size = shape[1] if shape[1] == shape[2] else None
     return kf
 
@@ -149,6 +159,14 @@ def infer_num_classes(kf: KerasFile) -> int:
 
 
 def infer_input_size(kf: KerasFile) -> int:
+    if kf.input_shape is not None and all(isinstance(v, int) for v in kf.input_shape):
+        h, w = kf.input_shape
+        if h != w:
+            raise KerasImportError(f"{kf.path}: input layer '{kf.input_layer}' is {h}x{w} (height x width); "
+                                   "ST's detector takes a square input")
+        if h not in SUPPORTED_INPUT_SIZES:
+            raise KerasImportError(f"{kf.path}: input layer '{kf.input_layer}' is {h}x{w}; ST's detector is "
+                                   f"defined only at {', '.join(map(str, SUPPORTED_INPUT_SIZES))}")
     if kf.input_size is not None:
         return int(kf.input_size)
     # No saved graph: 5 levels (heads 3x3 everywhere) is 192; 6 levels cannot tell 224 from 256.
@@ -237,6 +255,23 @@ def _copy(kf: KerasFile, target: str, module: ConvBN, conv: str, bn: str) -> Non
             state[name].copy_(value)
 
 
+def _count_mismatch(kf: KerasFile, kind: str, found: int, model: SSDMobileNetV1) -> str:
+    """Too many or too few ST layers; names the input sizes whose graph has ``found`` of them."""
+    expected = len(_st_conv_order(model) if kind == "conv2d" else _st_dw_order(model))
+    text = (f"{kf.path}: the file has {found} ST-added {kind} layers, a {model.input_size}x{model.input_size} "
+            f"model has {expected}")
+    fits = []
+    for size in SUPPORTED_INPUT_SIZES:
+        other = build_model(model.alpha, size, model.num_classes)
+        if len(_st_conv_order(other) if kind == "conv2d" else _st_dw_order(other)) == found:
+            fits.append(str(size))
+    if fits:
+        source = (f"its input layer '{kf.input_layer}' says {model.input_size}" if kf.input_size == model.input_size
+                  else f"the model is built for {model.input_size}")
+        return text + f"; {found} is the count of a {' or '.join(fits)} model, but {source}"
+    return text + "; the file is not a complete ST detector"
+
+
 def load_keras_h5(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """Load a Keras .h5 into ``model`` (built from the file when ``None``) and return the model.
 
@@ -268,9 +303,7 @@ def load_keras_h5(path: str | os.PathLike, model: nn.Module | None = None) -> nn
     for kind, order in (("conv2d", _st_conv_order(model)), ("depthwise_conv2d", _st_dw_order(model))):
         names = _auto_layers(kf, kind)
         if len(names) != len(order):
-            raise KerasImportError(
-                f"{kf.path}: the file has {len(names)} ST-added {kind} layers, the {model.input_size} model "
-                f"has {len(order)} ({', '.join(t for t, _ in order)})")
+            raise KerasImportError(_count_mismatch(kf, kind, len(names), model))
         for (target, module), conv in zip(order, names):
             _copy(kf, target, module, conv, _bn_after(kf, conv))
     return model

@@ -1,0 +1,286 @@
+"""LightningModule for ST's detector with ST's training recipe (st_reference.md §8).
+
+Matching (bipartite, then IoU >= 0.5), softmax focal loss on all anchors (alpha 1.0, gamma 0.25) +
+smooth-L1 (sigma 0.5) on positives over the batch's positives, Adam 1e-3 (Keras epsilon 1e-7), the
+Keras L2(5e-4) of ST-added kernels as coupled weight decay, ReduceLROnPlateau on val_loss.
+Validation logs ``val_loss`` and ``val_st_ap`` (ST-AP, percent) over all ranks' detections.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from ..metrics import STAPEvaluator, st_detections
+from ..model import build_model
+from .loss import ssd_loss
+from .matcher import batch_anchor_targets
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the message names the batch's image files."""
+
+
+def load_initial_weights(model: nn.Module, path: str) -> str:
+    """Load an ST detector / Keras ImageNet .h5 (through the importer) or a project checkpoint."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such weights file")
+    if p.suffix.lower() in (".h5", ".hdf5"):
+        from ..weights import load_keras_h5
+
+        load_keras_h5(p, model)
+        return "keras .h5"
+    from ..checkpoint import load_checkpoint
+
+    source = load_checkpoint(p)
+    if getattr(source, "is_qat", False):
+        source = source.model  # start from the float weights under the fake quantizers
+    if source.hparams() != model.hparams():
+        raise ValueError(f"{p}: checkpoint is for {source.hparams()}, the model is {model.hparams()}")
+    model.load_state_dict(source.state_dict())
+    return "checkpoint"
+
+
+def set_prior_probability(model: nn.Module, prior: float) -> None:
+    """Bias each classification head so every class starts at ``prior`` and background at the rest.
+
+    ST's heads end in a BatchNorm, so the bias goes into the BN's beta (a conv bias would be
+    normalized away in training mode).
+    """
+    if not 0.0 < prior < 1.0:
+        raise ValueError(f"model.prior_probability must be in (0, 1), got {prior}")
+    import math
+
+    num_outputs = model.head.num_outputs
+    background = math.log((1.0 - prior * (num_outputs - 1)) / prior) if prior * (num_outputs - 1) < 1 else 0.0
+    with torch.no_grad():
+        for head in model.head.cls:
+            beta = head.bn.bias.view(-1, num_outputs)
+            beta.zero_()
+            beta[:, 0] = background
+
+
+def st_added_kernels(model: nn.Module) -> list[nn.Parameter]:
+    """Conv kernels of the layers ST adds to MobileNet (extras, FPN, heads): the ones with L2."""
+    return [m.weight for part in (model.neck, model.head) for m in part.modules() if isinstance(m, nn.Conv2d)]
+
+
+def merge_states_in_index_order(states: list[dict]) -> STAPEvaluator:
+    """One evaluator from every rank's state, images ordered by dataset index (ids are indices).
+
+    Same image order as a single process, so score ties break the same way and the ST-AP is the
+    same; indices repeated by a DistributedSampler's padding count once.
+    """
+    rows: dict[int, tuple[int, int]] = {}
+    for s, st in enumerate(states):
+        for i, image_id in enumerate(st["image_ids"]):
+            rows.setdefault(int(image_id), (s, i))
+    first = states[0]
+    merged = {k: first[k] for k in ("version", "variant", "input_size", "iou_threshold")}
+    order = sorted(rows)
+    for key in ("det_boxes", "det_scores", "det_labels", "gt_boxes", "gt_labels"):
+        merged[key] = [states[rows[i][0]][key][rows[i][1]] for i in order]
+    merged["image_ids"] = order
+    merged["skipped_ids"] = sorted({int(i) for st in states for i in st["skipped_ids"]} - set(order))
+    return STAPEvaluator.from_states([merged])
+
+
+class SSDLightningModule(pl.LightningModule):
+    """ST's SSD-MobileNetV1 detector with ST's training recipe.
+
+    Args:
+        alpha, input_size, num_classes: the model (``num_classes`` is linked to
+            ``data.class_names`` by the CLI).
+        weights: initial weights: an ST detector .h5, or a project/Lightning checkpoint.
+        backbone_weights: a Keras-Applications MobileNet ImageNet .h5 (backbone only).
+        lr: Adam learning rate (ST: 1e-3). ``adam_eps``: Keras' 1e-7.
+        l2: Keras L2 factor on ST-added kernels (ST 2.0: 5e-4; 0 for ST 2025, whose custom train
+            step dropped it); applied as coupled weight decay 2*l2, as Keras' loss term is.
+        classification_loss: ``focal`` (ST) or ``hard_negative_mining`` (SSD's CE with
+            ``neg_pos_ratio`` negatives per positive).
+        focal_alpha, focal_gamma: ST's actual values 1.0 and 0.25.
+        box_weight: weight of the smooth-L1 term (ST: 1.0).
+        match_iou: positive threshold after the bipartite step (ST: 0.5).
+        match_variant: ``st20`` assigns a GT with no overlapping anchor anyway, ``st25`` skips it.
+        plateau_monitor, plateau_patience, plateau_factor, plateau_min_delta: ReduceLROnPlateau
+            (ST: val_loss, 20, 0.1, 1e-4); monitoring ``val_st_ap`` maximizes.
+        val_variant: ST-AP variant of ``val_st_ap`` (``st20``: the 2.0 evaluator, default).
+        prior_probability: start every anchor's person score at this probability by biasing the
+            classification heads' BN (RetinaNet's prior; speeds up training from scratch). ST
+            starts from zero bias (p = 0.5): leave it unset for ST's recipe. Ignored with weights.
+        bn_momentum: BatchNorm running-statistics momentum, PyTorch convention (Keras' 0.99 is
+            0.01, ST's value). Runs of a few hundred steps want 0.1, or evaluation sees stale stats.
+        channels_last: NHWC memory format (faster convolutions on GPUs with tensor cores).
+    """
+
+    def __init__(self, alpha: Literal[0.25, 0.5, 0.75, 1.0] = 0.25, input_size: Literal[192, 224, 256] = 224,
+                 num_classes: int = 1, weights: Optional[str] = None, backbone_weights: Optional[str] = None,
+                 lr: float = 1e-3, adam_eps: float = 1e-7, l2: float = 5e-4,
+                 classification_loss: Literal["focal", "hard_negative_mining"] = "focal",
+                 focal_alpha: float = 1.0, focal_gamma: float = 0.25, neg_pos_ratio: float = 3.0,
+                 box_weight: float = 1.0, match_iou: float = 0.5, match_variant: Literal["st20", "st25"] = "st20",
+                 plateau_monitor: Literal["val_loss", "val_st_ap"] = "val_loss", plateau_patience: int = 20,
+                 plateau_factor: float = 0.1, plateau_min_delta: float = 1e-4,
+                 val_variant: Literal["st20", "st25"] = "st20", prior_probability: Optional[float] = None,
+                 bn_momentum: float = 0.01, channels_last: bool = False):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_model(alpha=alpha, input_size=input_size, num_classes=num_classes)
+        if not 0.0 < bn_momentum <= 1.0:
+            raise ValueError(f"model.bn_momentum must be in (0, 1], got {bn_momentum}")
+        for bn in self.model.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.momentum = bn_momentum
+        if prior_probability is not None:
+            set_prior_probability(self.model, prior_probability)
+        if backbone_weights:
+            load_initial_weights(self.model, backbone_weights)
+        if weights:
+            load_initial_weights(self.model, weights)
+        self.teacher: nn.Module | None = None  # set by the QAT callback for distillation
+        self.distillation_weight = 0.0
+        self._val_evaluator: STAPEvaluator | None = None
+
+    # ------------------------------------------------------------------------------------ model
+    def forward(self, images: torch.Tensor):
+        return self.model(images)
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def _images(self, batch: dict) -> torch.Tensor:
+        images = batch["images"]
+        return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
+
+    def _targets(self, batch: dict):
+        anchors = self.model.anchors
+        return batch_anchor_targets(batch["boxes"], batch["labels"], anchors, self.hparams.match_iou,
+                                    self.hparams.match_variant)
+
+    def _loss(self, probs, offsets, labels, gt_boxes):
+        hp = self.hparams
+        return ssd_loss(probs, offsets, self.model.anchors, labels, gt_boxes,
+                        classification=hp.classification_loss, focal_alpha=hp.focal_alpha,
+                        focal_gamma=hp.focal_gamma, neg_pos_ratio=hp.neg_pos_ratio, box_weight=hp.box_weight)
+
+    # --------------------------------------------------------------------------------- training
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        images = self._images(batch)
+        logits, offsets = self.model.forward_logits(images)
+        labels, gt_boxes = self._targets(batch)
+        out = self._loss(logits.float().softmax(-1), offsets.float(), labels, gt_boxes)
+        loss = out.total
+        n = images.shape[0]
+        if self.teacher is not None and self.distillation_weight > 0:
+            from ..quantization import distillation_loss
+
+            with torch.no_grad():
+                t_logits, t_offsets = self.teacher.forward_logits(images)
+            distill = distillation_loss(logits.float(), offsets.float(), t_logits.float(), t_offsets.float())
+            loss = loss + self.distillation_weight * distill
+            self.log("train_distill", distill, batch_size=n)
+        if not torch.isfinite(loss):
+            files = batch.get("files", [])
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.item()}) at step {self.global_step}, epoch {self.current_epoch} "
+                f"(classification {out.classification.item()}, box {out.localization.item()}); the batch "
+                f"held {len(files)} image(s): {', '.join(files)}")
+        self.log("train_loss", loss, prog_bar=True, batch_size=n)
+        self.log_dict({"train_cls": out.classification, "train_box": out.localization,
+                       "train_positives": float(out.num_positives) / n}, batch_size=n)
+        self.log("train_boxes_dropped", batch["boxes_dropped"].float(), reduce_fx="sum", on_step=False,
+                 on_epoch=True, batch_size=n)
+        self.log("train_images_dropped", batch["images_dropped"].float(), reduce_fx="sum", on_step=False,
+                 on_epoch=True, batch_size=n)
+        return loss
+
+    # ------------------------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_evaluator = STAPEvaluator(self.model.input_size, self.hparams.val_variant)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        scores, offsets, anchors = self.model(self._images(batch))
+        labels, gt_boxes = self._targets(batch)
+        out = self._loss(scores.float(), offsets.float(), labels, gt_boxes)
+        self.log("val_loss", out.total, prog_bar=True, sync_dist=True, batch_size=scores.shape[0])
+        self.add_to_evaluator(self._val_evaluator, batch, scores, offsets, anchors)
+
+    def add_to_evaluator(self, evaluator: STAPEvaluator, batch: dict, scores, offsets, anchors) -> None:
+        dets = st_detections(scores.detach().float().cpu(), offsets.detach().float().cpu(),
+                             anchors[:1].detach().float().cpu(), evaluator.variant)
+        for index, (boxes, det_scores, det_labels), gt, gt_labels in zip(
+                batch["indices"].tolist(), dets, batch["boxes"], batch["labels"]):
+            evaluator.add(index, boxes, det_scores, det_labels, gt.cpu().numpy(), gt_labels.cpu().numpy())
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or self._val_evaluator is None:
+            return
+        self.log("val_st_ap", self.gathered_st_ap(self._val_evaluator), prog_bar=True, sync_dist=False)
+
+    def gathered_st_ap(self, evaluator: STAPEvaluator) -> float:
+        """ST-AP (percent) over the detections of all ranks."""
+        state = evaluator.state()
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            states: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, state)
+        else:
+            states = [state]
+        return 100.0 * merge_states_in_index_order(states).compute().ap
+
+    @torch.no_grad()
+    def evaluate_loader(self, loader) -> float:
+        """ST-AP (percent) of the current weights on ``loader`` in this process (fit reports)."""
+        was_training = self.training
+        self.eval()
+        evaluator = STAPEvaluator(self.model.input_size, self.hparams.val_variant)
+        for batch in loader:
+            images = self._images(batch).to(self.device)
+            self.add_to_evaluator(evaluator, batch, *self.model(images))
+        self.train(was_training)
+        return 100.0 * evaluator.compute().ap
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
+
+    def on_test_epoch_end(self) -> None:
+        self.log("test_st_ap", self.gathered_st_ap(self._val_evaluator))
+
+    # -------------------------------------------------------------------------------- optimizer
+    def configure_optimizers(self):
+        hp = self.hparams
+        decayed = {id(p) for p in st_added_kernels(self.model)}
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if id(p) in decayed], "weight_decay": 2.0 * hp.l2},
+                  {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
+        optimizer = torch.optim.Adam(groups, lr=hp.lr, eps=hp.adam_eps)
+        mode = "max" if hp.plateau_monitor == "val_st_ap" else "min"
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=hp.plateau_factor, patience=hp.plateau_patience,
+            threshold=hp.plateau_min_delta, threshold_mode="abs")
+        # Step the plateau schedule on the epochs that validate, where its metric exists.
+        every = getattr(self._trainer, "check_val_every_n_epoch", None) or 1 if self._trainer else 1
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": hp.plateau_monitor, "interval": "epoch",
+                                 "frequency": every}}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Runs before the weights are loaded: rebuild what the checkpoint was saved from.
+        if checkpoint.get("hyper_parameters", {}).get("qat") and not getattr(self.model, "is_qat", False):
+            from ..quantization import prepare_qat
+
+            self.model = prepare_qat(self.model)
+        if self.teacher is None:  # a QAT run's distillation teacher is rebuilt by its callback
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                        if not k.startswith("teacher.")}

@@ -1,0 +1,178 @@
+"""Training end to end: overfitting, resume, DDP, the CLI and its configs, the non-finite guard.
+
+Everything runs on the CPU with procedurally generated images (no download, no ../shared).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+from ssd_mnv1.training import (NO_AUGMENTATION, DetectionDataModule, NonFiniteLossError,
+                               SSDLightningModule)
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "lightning_configs" / "quickstart.yaml"
+
+
+def _trainer(tmp_path, **kwargs) -> pl.Trainer:
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                    enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
+def _tiny_data(train=8, val=4, batch=4, **kwargs) -> DetectionDataModule:
+    return DetectionDataModule(synthetic_train=train, synthetic_val=val, input_size=192, batch_size=batch,
+                               num_workers=0, augmentation=NO_AUGMENTATION, **kwargs)
+
+
+def _cli(*args, timeout=600, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "ssd_mnv1.fit", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd, env=env)
+
+
+def test_training_overfits_eight_images_to_st_ap_above_90(tmp_path):
+    pl.seed_everything(0)
+    dm = _tiny_data(train=8, batch=8, train_interpolation="nearest")
+    dm.setup()
+    dm.val_set = dm.train_set  # validate on the training images themselves
+    module = SSDLightningModule(input_size=192, lr=3e-3, prior_probability=0.01, bn_momentum=0.1)
+    stop = EarlyStopping("val_st_ap", mode="max", stopping_threshold=90.0, patience=1000)
+    trainer = _trainer(tmp_path, max_epochs=200, check_val_every_n_epoch=25, callbacks=[stop],
+                       enable_checkpointing=False)
+    trainer.fit(module, datamodule=dm)
+    assert trainer.callback_metrics["val_st_ap"] >= 90.0
+    assert trainer.global_step <= 200
+
+
+def test_resume_continues_with_the_same_step_optimizer_and_scheduler_state(tmp_path):
+    pl.seed_everything(0)
+    ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    _trainer(tmp_path, max_epochs=2, callbacks=[ckpt_cb]).fit(SSDLightningModule(input_size=192, plateau_patience=0),
+                                                              datamodule=_tiny_data())
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 4
+
+    seen = {}
+
+    class Probe(pl.Callback):
+        def on_train_start(self, trainer, module):
+            opt = trainer.optimizers[0]
+            seen["step"] = trainer.global_step
+            seen["epoch"] = trainer.current_epoch
+            seen["exp_avg"] = [opt.state[p]["exp_avg"].clone() for g in opt.param_groups for p in g["params"]]
+            seen["scheduler"] = trainer.lr_scheduler_configs[0].scheduler.state_dict()
+            seen["lr"] = opt.param_groups[0]["lr"]
+
+    trainer = _trainer(tmp_path, max_epochs=3, callbacks=[Probe()], enable_checkpointing=False)
+    trainer.fit(SSDLightningModule(input_size=192, plateau_patience=0), datamodule=_tiny_data(),
+                ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert seen["step"] == 4 and seen["epoch"] == 2
+    saved_state = saved["optimizer_states"][0]["state"]
+    assert len(seen["exp_avg"]) == len(saved_state) > 0
+    for got, want in zip(seen["exp_avg"], (saved_state[k]["exp_avg"] for k in sorted(saved_state))):
+        assert torch.equal(got, want)
+    assert seen["scheduler"] == saved["lr_schedulers"][0]
+    assert seen["lr"] == saved["optimizer_states"][0]["param_groups"][0]["lr"]
+    assert trainer.global_step == 6
+
+
+def test_non_finite_loss_stops_training_and_names_the_batch_files(tmp_path):
+    module = SSDLightningModule(input_size=192)
+    forward = module.model.forward_logits
+
+    def poisoned(x):
+        logits, offsets = forward(x)
+        return logits, offsets * float("nan") if module.global_step == 1 else offsets
+
+    module.model.forward_logits = poisoned
+    with pytest.raises(NonFiniteLossError) as info:
+        _trainer(tmp_path, max_epochs=1, enable_checkpointing=False).fit(module, datamodule=_tiny_data())
+    message = str(info.value)
+    assert "non-finite training loss" in message and "step 1" in message
+    assert message.count("<synthetic seed=0 #") == 4
+
+
+def test_cli_quickstart_config_trains_and_reports_st_ap_before_and_after(tmp_path):
+    result = _cli("fit", "--config", QUICKSTART, "--trainer.max_steps", 2, "--data.synthetic_train", 8,
+                  "--data.synthetic_val", 4, "--data.batch_size", 4, "--trainer.default_root_dir", tmp_path,
+                  "--trainer.logger.init_args.save_dir", tmp_path, "--trainer.enable_progress_bar", "false",
+                  cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "validation ST-AP before training" in result.stdout
+    assert "before" in result.stdout and "-> after" in result.stdout
+    last = [line for line in result.stdout.splitlines() if line.startswith("last checkpoint: ")]
+    assert last and (tmp_path / last[0].split(": ", 1)[1]).is_file()
+
+
+def test_no_argument_run_uses_the_packaged_quickstart(monkeypatch):
+    from ssd_mnv1 import fit
+
+    captured = {}
+    monkeypatch.setattr(fit, "SSDLightningCLI", lambda *a, **k: captured.update(k))
+    assert fit.main([]) == 0
+    assert captured["args"][:2] == ["fit", "--config"]
+    assert Path(captured["args"][2]).read_text() == QUICKSTART.read_text()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--model.input_size", "300"], ["input_size", "192", "224", "256"]),
+    (["--model.learning_rate", "0.1"], ["learning_rate"]),
+    (["--data.val_split", "2"], ["data.val_split", "[0, 1)"]),
+    (["--model.weights", "missing.h5"], ["missing.h5", "no such weights file"]),
+])
+def test_cli_config_errors_are_one_clear_message_without_traceback(tmp_path, args, words):
+    result = _cli("fit", "--config", QUICKSTART, *args, cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr[-2000:]
+
+
+def test_unknown_key_in_a_config_file_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(QUICKSTART.read_text().replace("  lr: 0.003", "  lr: 0.003\n  lrate: 0.1"))
+    result = _cli("fit", "--config", bad, cwd=tmp_path, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "lrate" in result.stderr
+
+
+def _val_st_ap(metrics_csv: Path) -> float:
+    import csv
+
+    rows = [r for r in csv.DictReader(metrics_csv.open()) if r.get("val_st_ap")]
+    return float(rows[-1]["val_st_ap"])
+
+
+def test_two_process_ddp_trains_and_matches_single_process_validation(tmp_path):
+    common = ["--config", QUICKSTART, "--trainer.accelerator", "cpu", "--data.synthetic_train", 8,
+              "--data.synthetic_val", 9, "--data.batch_size", 2, "--data.num_workers", 0,
+              "--trainer.enable_progress_bar", "false"]
+    fit = _cli("fit", *common, "--trainer.devices", 2, "--trainer.strategy", "ddp", "--trainer.max_steps", 4,
+               "--trainer.default_root_dir", tmp_path / "fit", "--trainer.logger.init_args.save_dir", tmp_path / "fit",
+               cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert "Starting with 2 processes" in fit.stdout + fit.stderr
+    last = next((tmp_path / "fit").rglob("last.ckpt"))
+    assert torch.load(last, weights_only=False)["global_step"] == 4
+    aps = {}
+    for devices in (1, 2):
+        out = tmp_path / f"val{devices}"
+        result = _cli("validate", *common, "--trainer.devices", devices, "--trainer.strategy",
+                      "ddp" if devices > 1 else "auto", "--ckpt_path", last, "--trainer.default_root_dir", out,
+                      "--trainer.logger.init_args.save_dir", out, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        if devices > 1:
+            assert "Starting with 2 processes" in result.stdout + result.stderr
+        aps[devices] = _val_st_ap(next(out.rglob("metrics.csv")))
+    assert aps[1] == aps[2] > 0

@@ -1,0 +1,190 @@
+"""ST's training recipe pieces: matching, loss, weight decay groups, augmentation, collate, DDP merge."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ssd_mnv1.metrics import STAPEvaluator
+from ssd_mnv1.training import (NO_AUGMENTATION, Augmentation, DetectionCollate, DetectionSamples,
+                               SSDLightningModule, SyntheticPersons, hard_negative_mining_loss,
+                               match_anchors, softmax_focal_loss, ssd_loss)
+from ssd_mnv1.training.module import merge_states_in_index_order, st_added_kernels
+
+
+def _anchors():
+    return torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.0, 0.0, 0.45, 0.5],
+                         [0.6, 0.0, 1.0, 0.2]])
+
+
+# ------------------------------------------------------------------------------------- matcher
+def test_every_gt_gets_its_best_anchor_even_below_the_threshold():
+    gt = torch.tensor([[0.5, 0.5, 0.7, 0.7]])  # IoU with anchor 1 is 0.16
+    matched = match_anchors(gt, _anchors())
+    assert matched.tolist() == [-1, 0, -1, -1]
+
+
+def test_anchors_at_or_above_half_iou_join_the_bipartite_match():
+    gt = torch.tensor([[0.0, 0.0, 0.5, 0.5]])  # anchor 0 exact, anchor 2 IoU 0.9
+    assert match_anchors(gt, _anchors()).tolist() == [0, -1, 0, -1]
+
+
+def test_bipartite_step_gives_two_gts_wanting_one_anchor_different_anchors():
+    gt = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.46, 0.5]])
+    matched = match_anchors(gt, _anchors(), iou_threshold=0.99)
+    assert sorted(matched[[0, 2]].tolist()) == [0, 1] and matched[0] != matched[2]
+
+
+def test_gt_without_overlap_is_assigned_by_st20_and_skipped_by_st25():
+    gt = torch.tensor([[0.0, 0.8, 0.1, 0.9]])  # overlaps no anchor
+    assert (match_anchors(gt, _anchors(), variant="st20") >= 0).sum() == 1
+    assert (match_anchors(gt, _anchors(), variant="st25") >= 0).sum() == 0
+
+
+def test_image_without_gt_is_all_background():
+    assert (match_anchors(torch.zeros(0, 4), _anchors()) == -1).all()
+
+
+# ---------------------------------------------------------------------------------------- loss
+def test_focal_loss_uses_st_alpha_one_gamma_quarter():
+    probs = torch.tensor([[[0.2, 0.8], [0.9, 0.1]]])
+    labels = torch.tensor([[1, 0]])
+    got = softmax_focal_loss(probs, labels)
+    want = [-(0.2 ** 0.25) * math.log(0.8), -(0.1 ** 0.25) * math.log(0.9)]
+    assert torch.allclose(got[0], torch.tensor(want), atol=1e-6)
+
+
+def test_probabilities_are_clipped_like_st_so_a_zero_probability_is_finite():
+    loss = softmax_focal_loss(torch.tensor([[[1.0, 0.0]]]), torch.tensor([[1]]))
+    assert torch.isfinite(loss).all() and loss.item() == pytest.approx(-math.log(1e-7), rel=1e-4)
+
+
+def test_box_loss_is_smooth_l1_with_sigma_half_over_batch_positives():
+    anchors = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5]])
+    gt = torch.tensor([[[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]]).expand(2, 2, 4).clone()
+    labels = torch.tensor([[1, 0], [1, 0]])
+    probs = torch.tensor([[0.0, 1.0], [1.0, 0.0]]).expand(2, 2, 2)
+    offsets = torch.zeros(2, 2, 4)
+    offsets[0, 0, 0] = 2.0  # 0.125 * d^2 = 0.5
+    offsets[1, 0, 1] = -6.0  # |d| - 2 = 4
+    out = ssd_loss(probs, offsets, anchors, labels, gt)
+    assert out.num_positives == 2
+    assert out.localization.item() == pytest.approx((0.5 + 4.0) / 2)
+    assert out.classification.item() == pytest.approx(4 * -((1e-7) ** 0.25) * math.log(1 - 1e-7) / 2, abs=1e-6)
+
+
+def test_hard_negative_mining_keeps_three_negatives_per_positive():
+    probs = torch.full((1, 10, 2), 0.5)
+    probs[0, :, 0] = torch.linspace(0.05, 0.95, 10)  # background prob: low = hard negative
+    probs[0, :, 1] = 1 - probs[0, :, 0]
+    labels = torch.zeros(1, 10, dtype=torch.long)
+    labels[0, 9] = 1
+    kept = hard_negative_mining_loss(probs, labels) > 0
+    assert kept[0].nonzero().flatten().tolist() == [0, 1, 2, 9]
+
+
+def test_unknown_classification_loss_is_rejected():
+    with pytest.raises(ValueError, match="hard_negative_mining"):
+        ssd_loss(torch.rand(1, 2, 2), torch.zeros(1, 2, 4), torch.rand(2, 4), torch.zeros(1, 2, dtype=torch.long),
+                 torch.zeros(1, 2, 4), classification="ohem")
+
+
+# ---------------------------------------------------------------------------------- optimizer
+def test_l2_is_coupled_weight_decay_on_st_added_kernels_only():
+    module = SSDLightningModule(input_size=192, l2=5e-4)
+    opt = module.configure_optimizers()["optimizer"]
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == pytest.approx(1e-3) and plain["weight_decay"] == 0.0
+    ids = {id(p) for p in decayed["params"]}
+    assert ids == {id(p) for p in st_added_kernels(module.model)}
+    assert len(ids) == 19  # ST's 19 regularized kernels at 192 (26 at 224/256)
+    assert not ids & {id(p) for p in module.model.backbone.parameters()}
+    assert isinstance(opt, torch.optim.Adam) and opt.defaults["eps"] == 1e-7
+    assert len(st_added_kernels(SSDLightningModule(input_size=224).model)) == 26
+
+
+# ------------------------------------------------------------------------------- augmentation
+def _sample(aug, seed=0):
+    torch.manual_seed(seed)
+    return DetectionSamples(SyntheticPersons(4, seed=3), 192, "bilinear", aug)
+
+
+def test_horizontal_flip_mirrors_the_boxes():
+    plain, flipped = _sample(NO_AUGMENTATION)[0], _sample(Augmentation(**{
+        **NO_AUGMENTATION.__dict__, "horizontal_flip": 1.0}))[0]
+    assert torch.allclose(flipped["image"], plain["image"].flip(-1), atol=1e-6)
+    mirrored = plain["boxes"][:, [2, 1, 0, 3]] * torch.tensor([-1, 1, -1, 1]) + torch.tensor([1, 0, 1, 0])
+    assert torch.allclose(flipped["boxes"], mirrored, atol=1e-5)
+
+
+def test_no_augmentation_gives_the_evaluation_pixels_and_boxes():
+    ds = SyntheticPersons(2, seed=3)
+    sample = DetectionSamples(ds, 192, "nearest", None)[1]
+    from ssd_mnv1.preprocess import preprocess
+
+    image, rec = ds[1]
+    assert torch.equal(sample["image"], preprocess(image, 192))
+    assert np.allclose(sample["boxes"].numpy(), rec.boxes)
+
+
+def test_boxes_pushed_out_of_the_image_are_dropped_and_counted():
+    aug = Augmentation(**{**NO_AUGMENTATION.__dict__, "affine_probability": 1.0, "rotation": 0.0,
+                          "shear": 0.0, "scale": (1.0, 1.0), "translation": 0.49})
+    total_dropped = 0
+    for seed in range(12):
+        s = _sample(aug, seed)[seed % 4]
+        total_dropped += s["dropped"]
+        boxes = s["boxes"]
+        assert ((boxes >= 0) & (boxes <= 1)).all()
+        assert ((boxes[:, 2:] - boxes[:, :2]) * 192 >= 1).all()
+        assert len(s["labels"]) == len(boxes)
+    assert total_dropped > 0
+
+
+def test_st_default_augmentation_keeps_boxes_valid_and_images_in_range():
+    for seed in range(6):
+        s = _sample(Augmentation(), seed)[seed % 4]
+        assert s["image"].shape == (3, 192, 192)
+        assert s["image"].min() >= -1 and s["image"].max() <= 1
+        assert ((s["boxes"] >= 0) & (s["boxes"] <= 1)).all()
+
+
+@pytest.mark.parametrize("field, value", [("vertical_flip", 1.5), ("scale", (1.2, 0.5)), ("blur_sigma", -1.0),
+                                          ("crop_max_fraction", 0.6)])
+def test_bad_augmentation_values_name_the_field(field, value):
+    with pytest.raises(ValueError, match=f"augmentation.{field}"):
+        Augmentation(**{field: value})
+
+
+def test_collate_drops_images_left_without_boxes_and_counts_them():
+    samples = [{"image": torch.zeros(3, 4, 4), "boxes": torch.zeros(n, 4), "labels": torch.ones(n, dtype=torch.long),
+                "index": i, "file": f"f{i}", "dropped": 1} for i, n in enumerate([2, 0, 1])]
+    batch = DetectionCollate(drop_empty=True)(samples)
+    assert batch["images"].shape[0] == 2 and batch["indices"].tolist() == [0, 2]
+    assert batch["images_dropped"].item() == 1 and batch["boxes_dropped"].item() == 3
+    assert DetectionCollate(drop_empty=False)(samples)["images"].shape[0] == 3
+
+
+# ------------------------------------------------------------------------------------ metrics
+def test_rank_states_merge_to_the_single_process_evaluator_despite_padding():
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(7):
+        gt = rng.uniform(0, 0.5, (2, 2))
+        gt = np.concatenate([gt, gt + 0.3], 1)
+        det = np.clip(gt + rng.normal(0, 0.05, gt.shape), 0, 1)
+        images.append((i, det, rng.uniform(0, 1, 2).round(1), gt))  # rounded scores: ties happen
+    single = STAPEvaluator(192)
+    ranks = [STAPEvaluator(192), STAPEvaluator(192)]
+    for i, det, scores, gt in images:
+        single.add(i, det, scores, [1, 1], gt, [1, 1])
+    for r, idx in enumerate([[0, 2, 4, 6], [1, 3, 5, 0]]):  # DistributedSampler pads rank 1 with image 0
+        for i in idx:
+            _, det, scores, gt = images[i]
+            ranks[r].add(i, det, scores, [1, 1], gt, [1, 1])
+    merged = merge_states_in_index_order([ranks[1].state(), ranks[0].state()])
+    assert merged.compute().ap == single.compute().ap
+    assert len(merged) == 7
