@@ -19,11 +19,11 @@ import torch
 
 from ssd_mnv1.anchors import generate_anchors
 from ssd_mnv1.fileio import atomic_path, atomic_write_text
+from ssd_mnv1.quantization.calibration import calibration_images
 
 from . import onnx_stage, tf_stage, tflite_edit
 
 TARGETS = ("onnx", "tflite-fp32", "tflite-int8")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 @dataclass
@@ -49,23 +49,6 @@ def load_model(path: str | os.PathLike):
             return model.to_float().eval(), model
         return model, None
     raise ValueError(f"{path}: cannot export '{path.suffix}' files; give a .ckpt or an .h5")
-
-
-def calibration_images(source: str | os.PathLike, size: int, count: int = 100, seed: int = 0) -> list[np.ndarray]:
-    """Up to ``count`` images from a folder (searched recursively), shuffled with ``seed``,
-    preprocessed as ST's representative dataset: nearest resize, x/127.5 - 1, NHWC float32."""
-    from ssd_mnv1.preprocess import load_image, resize
-
-    source = Path(source)
-    if not source.is_dir():
-        raise NotADirectoryError(f"--calib {source}: no such folder")
-    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"--calib {source}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
-    rng = np.random.default_rng(seed)
-    picked = [files[i] for i in rng.permutation(len(files))[:count]]
-    return [resize(load_image(p), size).astype(np.float32)[None] / np.float32(127.5) - np.float32(1.0)
-            for p in picked]
 
 
 def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str = "tflite-int8", *,
@@ -158,6 +141,22 @@ class _Recording:
         return tuple(np.concatenate([b[k] for b in self.batches]) for k in range(2))
 
 
+#: Detections compared box for box between stages: ST-2025 post-processing, top 100 per image.
+AGREEMENT_TOP_K = 100
+
+
+def _top_detections(outs, anchors: np.ndarray) -> list:
+    from ssd_mnv1.metrics import st_detections
+
+    return st_detections(outs[0], outs[1], anchors, "st25", max_detections=AGREEMENT_TOP_K)
+
+
+def _agreement(a: list, b: list) -> float:
+    from ssd_mnv1.metrics import detection_agreement
+
+    return detection_agreement(a, b).fraction
+
+
 def _max_diffs(a, b) -> tuple[float, float]:
     return float(np.abs(a[0] - b[0]).max()), float(np.abs(a[1] - b[1]).max())
 
@@ -187,6 +186,8 @@ def build_ledger(model_path, result: ExportResult, data: str | os.PathLike, *, l
         if key in result.files:
             stages.append((key, TFLiteRunner(result.files[key], int8_input=int8_input), result.files[key]))
     rows, previous, reference = [], None, None
+    dets: dict[str, list] = {}
+    anchors = generate_anchors(float_model.input_size).numpy()
     for name, runner, path in stages:
         recording = _Recording(runner)
         ev = evaluate(recording, dataset, ("st20",), images=images, limit=len(images), progress=False)
@@ -196,11 +197,22 @@ def build_ledger(model_path, result: ExportResult, data: str | os.PathLike, *, l
                "size_bytes": Path(path).stat().st_size if path else _param_bytes(runner.model),
                "max_diff_scores": None, "max_diff_offsets": None,
                "max_diff_vs_float_scores": None, "max_diff_vs_float_offsets": None}
+        dets[name] = _top_detections(outs, anchors)
+        row["det_agreement_prev"] = row["det_agreement_vs_fake_quant"] = None
         if previous is not None:
             row["max_diff_scores"], row["max_diff_offsets"] = _max_diffs(outs, previous)
             row["max_diff_vs_float_scores"], row["max_diff_vs_float_offsets"] = _max_diffs(outs, reference)
+            row["det_agreement_prev"] = _agreement(dets[name], dets[rows[-1]["stage"]])
+        if "pytorch-fake-quant" in dets and name != "pytorch-fake-quant":
+            row["det_agreement_vs_fake_quant"] = _agreement(dets[name], dets["pytorch-fake-quant"])
         if name == "tflite-int8":
             row["ops"] = tflite_edit.op_list(path)
+            # TFLite's own noise floor: the same file under the reference kernels instead of XNNPACK.
+            ref = TFLiteRunner(path, int8_input=int8_input, builtin=True)
+            ref_outs = tuple(np.concatenate(part) for part in zip(*(ref(images[i:i + 16])[:2]
+                                                                   for i in range(0, len(images), 16))))
+            row["kernel_floor_max_diff_scores"], row["kernel_floor_max_diff_offsets"] = _max_diffs(outs, ref_outs)
+            row["kernel_floor_det_agreement"] = _agreement(dets[name], _top_detections(ref_outs, anchors))
         rows.append(row)
         previous = outs
         reference = outs if reference is None else reference
@@ -217,17 +229,26 @@ def ledger_markdown(ledger: dict) -> str:
     lines = [f"# Export ledger: `{ledger['model']}`", "",
              f"ST-AP (st20, IoU 0.4) on `{ledger['data']}` ({ledger['stages'][0]['images']} images, "
              f"{ledger['input_size']}x{ledger['input_size']}); max |Δ| over {ledger['diff_images']} images, to the "
-             f"previous stage and to PyTorch float; int8 input: {ledger['int8_input']} uint8 pixels.", "",
+             f"previous stage and to PyTorch float; int8 input: {ledger['int8_input']} uint8 pixels. "
+             f"Box agreement: top-{AGREEMENT_TOP_K} detections per image (ST-2025 post-processing) matched "
+             "one to one at IoU >= 0.5, over the larger box count.", "",
              "| stage | ST-AP | Δ ST-AP vs float | max Δ scores (prev / float) | max Δ offsets (prev / float) "
-             "| size |",
-             "|---|---|---|---|---|---|"]
+             "| boxes agree (prev / fake-quant) | size |",
+             "|---|---|---|---|---|---|---|"]
     base = ledger["stages"][0]["st_ap_20"]
     for r in ledger["stages"]:
         fmt = (lambda v: "–" if v is None else f"{v:.2e}")
         scores = f"{fmt(r['max_diff_scores'])} / {fmt(r.get('max_diff_vs_float_scores'))}"
         offsets = f"{fmt(r['max_diff_offsets'])} / {fmt(r.get('max_diff_vs_float_offsets'))}"
+        pct = (lambda v: "–" if v is None else f"{100 * v:.2f} %")
+        agree = f"{pct(r.get('det_agreement_prev'))} / {pct(r.get('det_agreement_vs_fake_quant'))}"
         lines.append(f"| {r['stage']} | {r['st_ap_20']:.2f} | {r['st_ap_20'] - base:+.2f} | {scores} | {offsets} | "
-                     f"{r['size_bytes'] / 1024:.1f} KiB |")
+                     f"{agree} | {r['size_bytes'] / 1024:.1f} KiB |")
+    for r in ledger["stages"]:
+        if r.get("kernel_floor_det_agreement") is not None:
+            lines += ["", f"TFLite's own noise floor: the {r['stage']} file under XNNPACK vs the reference kernels "
+                      f"agrees on {100 * r['kernel_floor_det_agreement']:.2f} % of boxes (max Δ scores "
+                      f"{r['kernel_floor_max_diff_scores']:.2e}, offsets {r['kernel_floor_max_diff_offsets']:.2e})."]
     for r in ledger["stages"]:
         if "ops" in r:
             counts: dict[str, int] = {}

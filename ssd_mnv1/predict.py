@@ -21,6 +21,7 @@ from .cli import run
 from .fileio import atomic_path, atomic_write_text
 from .postprocess import Detections, postprocess
 from .preprocess import load_image, resize
+from .runners import INT8_INPUT_MODES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 COLOURS = ((255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 64, 255))
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold (default 0.5)")
     parser.add_argument("--max-det", type=int, default=100, help="detections kept per image (default 100)")
     parser.add_argument("--classes", nargs="+", default=["person"], help="class names (default: person)")
-    parser.add_argument("--int8-input", default="raw", choices=("raw", "st"))
+    parser.add_argument("--int8-input", default="raw", choices=INT8_INPUT_MODES,
+                        help="uint8 TFLite input: raw pixels (device), ST 2.0 or ST 2025 host conversion")
     args = parser.parse_args(argv)
     if not 0.0 <= args.score < 1.0:
         raise ValueError(f"--score must be in [0, 1), got {args.score}")

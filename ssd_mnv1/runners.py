@@ -131,12 +131,13 @@ class TFLiteRunner:
     apply ST 2.0's / 2025's host-side conversion (§5) to mimic ST's Python numbers.
     """
 
-    def __init__(self, path: str | os.PathLike, int8_input: str = "raw", num_threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, int8_input: str = "raw", num_threads: int | None = None,
+                 builtin: bool = False):
         if int8_input not in INT8_INPUT_MODES:
             raise ValueError(f"--int8-input must be one of {', '.join(INT8_INPUT_MODES)}, got {int8_input!r}")
         self.path = Path(path)
         self.int8_input = int8_input
-        self.interpreter = make_interpreter(path, num_threads=num_threads)
+        self.interpreter = make_interpreter(path, num_threads=num_threads, builtin=builtin)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.outputs = self.interpreter.get_output_details()

@@ -7,6 +7,13 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist each worker gets one core's worth of torch threads (2 workers on 2 cores),
+# instead of every worker spinning up a thread per core.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SSD_MNV1_SHARED", REPO.parent / "shared"))
 REFERENCE = SHARED / "reference"

@@ -54,10 +54,20 @@ def test_fake_quant_model_tracks_float_model_closely():
     assert torch.allclose(fq_scores * 256, (fq_scores * 256).round(), atol=1e-4)
 
 
-def test_relu6_outputs_use_fixed_tflite_range_and_ranges_freeze_in_eval():
-    qat = calibrate(prepare_qat(_model()), [_images()])
-    scale, zp = qat.q["conv1"].qparams()
+def test_relu6_ranges_start_at_zero_six_are_observed_but_never_exceed_it_and_freeze_in_eval():
+    fresh = prepare_qat(_model())
+    scale, zp = fresh.q["conv1"].qparams()
     assert torch.allclose(scale, torch.tensor([6 / 255])) and zp.item() == -128
+    qat = calibrate(prepare_qat(_model()), [_images()])
+    for name, q in qat.q.items():
+        if q.bounds is not None:
+            scale, zp = q.qparams()
+            assert zp.item() == -128 and 0 < scale.item() <= 6 / 255 + 1e-9, name
+    q = qat.q["conv1"]
+    with torch.no_grad():
+        q.min_val.fill_(0.0)
+        q.max_val.fill_(2.55)
+    assert torch.allclose(q.qparams()[0], torch.tensor([0.01]))
     before = qat.q["lat0"].min_val.clone()
     with torch.no_grad():
         qat.eval()(_images(1) * 3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
@@ -21,9 +22,16 @@ def _images_of(batch) -> torch.Tensor:
 class QuantizationAwareTraining(pl.Callback):
     """Wrap ``pl_module.model`` in :class:`QATDetector` before training starts.
 
-    * ``calibration_batches``: training batches used to initialise the activation ranges with
-      TFLite's min/max rule before the first step (skipped when resuming: ranges come from the
-      checkpoint).
+    * ``calibration_images`` (a folder; ``calibration_count`` images picked with
+      ``calibration_seed``): initialise the activation ranges with TFLite's min/max rule on exactly
+      the images and preprocessing that ``python -m ssd_mnv1.export --calib`` feeds the TFLite
+      converter, so the int8 file gets the ranges the model was fine-tuned with. Without it,
+      ``calibration_batches`` (augmented) training batches are used. Skipped when resuming.
+    * ``freeze_ranges``: keep the calibrated ranges fixed while fine-tuning (the weights adapt to
+      the int8 grid the exporter will reproduce); otherwise they follow an EMA of training batches.
+      With ``calibration_images`` the frozen ranges are re-calibrated before every validation, as
+      the TFLite converter will calibrate the weights of that moment: ``val_st_ap`` and the
+      checkpoints then describe the int8 file that export produces.
     * ``distillation_weight`` > 0 keeps a frozen copy of the float model as ``pl_module.teacher``;
       a module that supports it (``SSDLightningModule``) adds the distillation loss.
     * ``calibrate_only``: no training - calibrate and stop (a post-training-quantization baseline
@@ -31,11 +39,18 @@ class QuantizationAwareTraining(pl.Callback):
     Checkpoints are marked ``hyper_parameters['qat'] = True`` so every tool rebuilds the QAT model.
     """
 
-    def __init__(self, calibration_batches: int = 8, distillation_weight: float = 0.0, calibrate_only: bool = False):
+    def __init__(self, calibration_batches: int = 8, distillation_weight: float = 0.0, calibrate_only: bool = False,
+                 calibration_images: str | None = None, calibration_count: int = 100, calibration_seed: int = 0,
+                 freeze_ranges: bool = False):
         super().__init__()
         self.calibration_batches = calibration_batches
+        self.calibration_images = calibration_images
+        self.calibration_count = calibration_count
+        self.calibration_seed = calibration_seed
+        self.freeze_ranges = freeze_ranges
         self.distillation_weight = distillation_weight
         self.calibrate_only = calibrate_only
+        self._calibration: list[torch.Tensor] | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if isinstance(pl_module.model, QATDetector):
@@ -49,8 +64,36 @@ class QuantizationAwareTraining(pl.Callback):
         pl_module.model = prepare_qat(pl_module.model)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.ckpt_path is not None or self.calibration_batches <= 0:
+        if trainer.ckpt_path is None:
+            batches = self._calibration_batches(trainer, pl_module)
+            if batches:
+                calibrate(pl_module.model, batches)
+        if self.freeze_ranges:
+            pl_module.model.set_observer("ema", observe=False)
+        if self.calibrate_only:
+            trainer.should_stop = True
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
             return
+        if self.freeze_ranges and self.calibration_images is not None:
+            calibrate(pl_module.model, self._calibration_batches(trainer, pl_module))
+            pl_module.model.set_observer("ema", observe=False)
+
+    def _calibration_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[torch.Tensor]:
+        if self.calibration_images is not None:
+            if self._calibration is not None:
+                return self._calibration
+            from .calibration import calibration_images
+
+            images = calibration_images(self.calibration_images, pl_module.model.input_size,
+                                        self.calibration_count, self.calibration_seed,
+                                        option="QuantizationAwareTraining.calibration_images")
+            x = torch.from_numpy(np.concatenate(images)).permute(0, 3, 1, 2).to(pl_module.device)
+            self._calibration = list(x.split(16))
+            return self._calibration
+        if self.calibration_batches <= 0:
+            return []
         dm = trainer.datamodule
         loader = dm.train_dataloader() if dm is not None else pl_module.train_dataloader()
         batches = []
@@ -58,9 +101,7 @@ class QuantizationAwareTraining(pl.Callback):
             if i >= self.calibration_batches:
                 break
             batches.append(_images_of(batch).to(pl_module.device))
-        calibrate(pl_module.model, batches)
-        if self.calibrate_only:
-            trainer.should_stop = True
+        return batches
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint.setdefault("hyper_parameters", {})["qat"] = True

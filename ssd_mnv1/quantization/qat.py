@@ -5,10 +5,12 @@ straight-through gradients):
 
 * BatchNorm is folded into each conv (frozen running statistics), and the folded weights are
   quantized **per output channel, symmetric**, to [-127, 127].
-* Activations are **per-tensor asymmetric int8**. ReLU6 outputs are fused with their conv and use
-  the fixed range [0, 6] (scale 6/255, zp -128, as in ST's file); laterals, adds, the pooled top,
-  the concatenated logits and offsets use observed ranges. A pad, a bilinear x2 resize and a
-  concatenation keep their input's quantization in TFLite, so no quantizer is placed after them.
+* Activations are **per-tensor asymmetric int8** with observed (min/max) ranges. ReLU6 outputs are
+  fused with their conv, so their range is observed within [0, 6]; on real images almost every
+  layer reaches 6 (scale 6/255, zp -128, as in ST's file). Laterals, adds, the pooled top, the
+  concatenated logits and offsets are unbounded. A pad and a bilinear x2 resize keep their
+  input's quantization in TFLite, so no quantizer is placed after them; the heads' concatenation
+  requantizes each level's own range to a shared one, so both are simulated.
 * The input is uint8 with scale 1/127.5 and zero point 127 fed with raw pixels (the device's
   path): the network sees (p - 127)/127.5, half a step above p/127.5 - 1.
 * The softmax output is fixed at scale 1/256, zp -128; outputs are dequantized to float.
@@ -37,22 +39,29 @@ OBSERVERS = ("ema", "minmax")
 class ActivationQuantizer(nn.Module):
     """Per-tensor asymmetric int8 fake quantization with a min/max observer (EMA or running).
 
-    A fixed range (e.g. ReLU6's [0, 6]) disables observation. Before any observation the
-    quantizer passes values through unchanged.
+    A ``fixed_range`` (the softmax output's) disables observation; ``bounds`` (ReLU6's [0, 6])
+    caps an observed range and is the range used before any observation. Without either, the
+    quantizer passes values through unchanged until it has observed something.
     """
 
-    def __init__(self, fixed_range: tuple[float, float] | None = None, momentum: float = 0.01):
+    def __init__(self, fixed_range: tuple[float, float] | None = None, momentum: float = 0.01,
+                 bounds: tuple[float, float] | None = None):
         super().__init__()
         self.momentum = momentum
         self.observer = "ema"
         self.observe = True
-        self.register_buffer("min_val", torch.tensor(fixed_range[0] if fixed_range else float("inf")))
-        self.register_buffer("max_val", torch.tensor(fixed_range[1] if fixed_range else float("-inf")))
+        initial = fixed_range or bounds
+        self.register_buffer("min_val", torch.tensor(initial[0] if initial else float("inf")))
+        self.register_buffer("max_val", torch.tensor(initial[1] if initial else float("-inf")))
         self.fixed = fixed_range is not None
+        self.bounds = bounds
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         lo = torch.clamp(self.min_val, max=0.0)
         hi = torch.clamp(self.max_val, min=0.0)
+        if self.bounds is not None:
+            lo = torch.clamp(lo, min=self.bounds[0])
+            hi = torch.clamp(hi, max=self.bounds[1])
         scale = torch.clamp((hi - lo) / 255.0, min=1e-8)
         zero_point = torch.clamp(torch.round(-128 - lo / scale), -128, 127).to(torch.int32)
         return scale.float().reshape(1), zero_point.reshape(1)
@@ -116,15 +125,19 @@ class QATDetector(nn.Module):
         super().__init__()
         self.model = model
         self.spec, self.input_size, self.num_classes = model.spec, model.input_size, model.num_classes
-        relu6 = (0.0, 6.0)
         n_lat = len(model.neck.lateral)
+
+        def relu6():
+            return ActivationQuantizer(bounds=(0.0, 6.0))
+
         self.q = nn.ModuleDict({
-            "conv1": ActivationQuantizer(relu6),
-            **{f"b{i}_{p}": ActivationQuantizer(relu6) for i in range(len(model.backbone.blocks)) for p in ("dw", "pw")},
-            **{f"e{i}_{p}": ActivationQuantizer(relu6) for i in range(len(model.neck.extras.blocks)) for p in ("dw", "pw")},
+            "conv1": relu6(),
+            **{f"b{i}_{p}": relu6() for i in range(len(model.backbone.blocks)) for p in ("dw", "pw")},
+            **{f"e{i}_{p}": relu6() for i in range(len(model.neck.extras.blocks)) for p in ("dw", "pw")},
             **{f"lat{i}": ActivationQuantizer() for i in range(n_lat)},
             **{f"add{i}": ActivationQuantizer() for i in range(n_lat)},
             "gap": ActivationQuantizer(), "top": ActivationQuantizer(),
+            **{f"{kind}{i}": ActivationQuantizer() for i in range(len(model.head.cls)) for kind in ("cls", "box")},
             "logits": ActivationQuantizer(), "offsets": ActivationQuantizer(),
             "scores": ActivationQuantizer((0.0, 255.0 / 256.0)),
         })
@@ -199,8 +212,12 @@ class QATDetector(nn.Module):
             pyramid.append(p)
         pyramid = pyramid[::-1]
         head = m.head
-        logits = torch.cat([flatten_nhwc(qconv(c, f, None), head.num_outputs) for c, f in zip(head.cls, pyramid)], 1)
-        offsets = torch.cat([flatten_nhwc(qconv(b, f, None), 4) for b, f in zip(head.box, pyramid)], 1)
+        # Each level's head conv has its own int8 output range; the concatenation requantizes them
+        # to one shared range (TFLite rounds twice here, so the simulation does too).
+        logits = torch.cat([flatten_nhwc(qconv(c, f, q[f"cls{i}"]), head.num_outputs)
+                            for i, (c, f) in enumerate(zip(head.cls, pyramid))], 1)
+        offsets = torch.cat([flatten_nhwc(qconv(b, f, q[f"box{i}"]), 4)
+                             for i, (b, f) in enumerate(zip(head.box, pyramid))], 1)
         return q["logits"](logits), q["offsets"](offsets)
 
     def forward(self, x: torch.Tensor):

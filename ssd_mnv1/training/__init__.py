@@ -1,5 +1,6 @@
 """Training with PyTorch Lightning: ST's matching, loss, augmentation, data module and module."""
 
+from ..quantization.callback import QuantizationAwareTraining
 from .augment import NO_AUGMENTATION, Augmentation, build_transforms
 from .callbacks import FitReport
 from .data import DetectionCollate, DetectionDataModule, DetectionSamples
@@ -9,6 +10,6 @@ from .module import NonFiniteLossError, SSDLightningModule
 from .synthetic import SyntheticPersons, render_scene
 
 __all__ = ["NO_AUGMENTATION", "Augmentation", "DetectionCollate", "DetectionDataModule", "DetectionSamples",
-           "FitReport", "NonFiniteLossError", "SSDLightningModule", "SyntheticPersons", "anchor_targets",
-           "batch_anchor_targets", "build_transforms", "hard_negative_mining_loss", "match_anchors",
-           "render_scene", "softmax_focal_loss", "ssd_loss"]
+           "FitReport", "NonFiniteLossError", "QuantizationAwareTraining", "SSDLightningModule",
+           "SyntheticPersons", "anchor_targets", "batch_anchor_targets", "build_transforms",
+           "hard_negative_mining_loss", "match_anchors", "render_scene", "softmax_focal_loss", "ssd_loss"]

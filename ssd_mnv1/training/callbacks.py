@@ -40,10 +40,13 @@ class FitReport(pl.Callback):
         else:
             lines.append(f"validation ST-AP ({pl_module.hparams.val_variant}, IoU 0.4): {self.st_ap_after:.2f}")
         for cb in trainer.checkpoint_callbacks:
-            if isinstance(cb, ModelCheckpoint):
-                if cb.best_model_path:
-                    score = "" if cb.best_model_score is None else f" ({cb.monitor} {float(cb.best_model_score):.2f})"
-                    lines.append(f"best checkpoint: {cb.best_model_path}{score}")
-                if cb.last_model_path:
-                    lines.append(f"last checkpoint: {cb.last_model_path}")
+            if not isinstance(cb, ModelCheckpoint) or not cb.best_model_path:
+                continue
+            if cb.monitor is None:  # keeps the most recent weights
+                lines.append(f"last checkpoint: {cb.best_model_path}")
+            else:
+                score = "" if cb.best_model_score is None else f" ({cb.monitor} {float(cb.best_model_score):.2f})"
+                lines.append(f"best checkpoint: {cb.best_model_path}{score}")
+            if cb.last_model_path:
+                lines.append(f"last checkpoint: {cb.last_model_path}")
         print("\n".join(lines), flush=True)

@@ -107,6 +107,10 @@ class SSDLightningModule(pl.LightningModule):
             ``neg_pos_ratio`` negatives per positive).
         focal_alpha, focal_gamma: ST's actual values 1.0 and 0.25.
         box_weight: weight of the smooth-L1 term (ST: 1.0).
+        detection_loss_weight: weight of ST's loss on the ground truth. With QAT's distillation
+            (see :class:`~ssd_mnv1.quantization.callback.QuantizationAwareTraining`), 0 trains on the
+            float teacher's outputs alone: on a few hundred images that keeps the int8 model close to
+            the float one instead of refitting it to a small training set.
         match_iou: positive threshold after the bipartite step (ST: 0.5).
         match_variant: ``st20`` assigns a GT with no overlapping anchor anyway, ``st25`` skips it.
         plateau_monitor, plateau_patience, plateau_factor, plateau_min_delta: ReduceLROnPlateau
@@ -125,7 +129,8 @@ class SSDLightningModule(pl.LightningModule):
                  lr: float = 1e-3, adam_eps: float = 1e-7, l2: float = 5e-4,
                  classification_loss: Literal["focal", "hard_negative_mining"] = "focal",
                  focal_alpha: float = 1.0, focal_gamma: float = 0.25, neg_pos_ratio: float = 3.0,
-                 box_weight: float = 1.0, match_iou: float = 0.5, match_variant: Literal["st20", "st25"] = "st20",
+                 box_weight: float = 1.0, detection_loss_weight: float = 1.0, match_iou: float = 0.5,
+                 match_variant: Literal["st20", "st25"] = "st20",
                  plateau_monitor: Literal["val_loss", "val_st_ap"] = "val_loss", plateau_patience: int = 20,
                  plateau_factor: float = 0.1, plateau_min_delta: float = 1e-4,
                  val_variant: Literal["st20", "st25"] = "st20", prior_probability: Optional[float] = None,
@@ -177,11 +182,12 @@ class SSDLightningModule(pl.LightningModule):
         logits, offsets = self.model.forward_logits(images)
         labels, gt_boxes = self._targets(batch)
         out = self._loss(logits.float().softmax(-1), offsets.float(), labels, gt_boxes)
-        loss = out.total
+        loss = self.hparams.detection_loss_weight * out.total
         n = images.shape[0]
         if self.teacher is not None and self.distillation_weight > 0:
             from ..quantization import distillation_loss
 
+            self.teacher.eval()  # Lightning's train() reaches it too; its BN statistics stay frozen
             with torch.no_grad():
                 t_logits, t_offsets = self.teacher.forward_logits(images)
             distill = distillation_loss(logits.float(), offsets.float(), t_logits.float(), t_offsets.float())
@@ -265,6 +271,8 @@ class SSDLightningModule(pl.LightningModule):
         groups = [{"params": [p for p in params if id(p) in decayed], "weight_decay": 2.0 * hp.l2},
                   {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
         optimizer = torch.optim.Adam(groups, lr=hp.lr, eps=hp.adam_eps)
+        if self._trainer is not None and self._trainer.limit_val_batches == 0:
+            return optimizer  # no validation, nothing for the plateau schedule to watch
         mode = "max" if hp.plateau_monitor == "val_st_ap" else "min"
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode=mode, factor=hp.plateau_factor, patience=hp.plateau_patience,
