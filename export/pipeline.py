@@ -208,9 +208,11 @@ def build_ledger(model_path, result: ExportResult, data: str | os.PathLike, *, l
         if name == "tflite-int8":
             row["ops"] = tflite_edit.op_list(path)
             # TFLite's own noise floor: the same file under the reference kernels instead of XNNPACK.
-            ref = TFLiteRunner(path, int8_input=int8_input, builtin=True)
-            ref_outs = tuple(np.concatenate(part) for part in zip(*(ref(images[i:i + 16])[:2]
-                                                                   for i in range(0, len(images), 16))))
+            # STM32 MCU runtimes (TFLite Micro with CMSIS-NN) are bit-exact with the reference kernels.
+            ref = _Recording(TFLiteRunner(path, int8_input=int8_input, builtin=True))
+            row["st_ap_20_reference_kernels"] = evaluate(ref, dataset, ("st20",), images=images, limit=len(images),
+                                                         progress=False).st_ap["st20"]
+            ref_outs = ref.outputs()
             row["kernel_floor_max_diff_scores"], row["kernel_floor_max_diff_offsets"] = _max_diffs(outs, ref_outs)
             row["kernel_floor_det_agreement"] = _agreement(dets[name], _top_detections(ref_outs, anchors))
         rows.append(row)
@@ -248,7 +250,9 @@ def ledger_markdown(ledger: dict) -> str:
         if r.get("kernel_floor_det_agreement") is not None:
             lines += ["", f"TFLite's own noise floor: the {r['stage']} file under XNNPACK vs the reference kernels "
                       f"agrees on {100 * r['kernel_floor_det_agreement']:.2f} % of boxes (max Δ scores "
-                      f"{r['kernel_floor_max_diff_scores']:.2e}, offsets {r['kernel_floor_max_diff_offsets']:.2e})."]
+                      f"{r['kernel_floor_max_diff_scores']:.2e}, offsets {r['kernel_floor_max_diff_offsets']:.2e}); "
+                      f"ST-AP with the reference kernels (bit-exact with TFLite Micro/CMSIS-NN on STM32 MCUs): "
+                      f"{r['st_ap_20_reference_kernels']:.2f}."]
     for r in ledger["stages"]:
         if "ops" in r:
             counts: dict[str, int] = {}

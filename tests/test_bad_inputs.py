@@ -503,6 +503,15 @@ def works_case(fn):
     return fn
 
 
+def _one_image_coco(root, width: int, height: int):
+    """annotations.json for images/t.jpg declared as width x height, with the spot's box."""
+    data = {"images": [{"id": 1, "file_name": "t.jpg", "width": width, "height": height}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": spot_coco_bbox(width, height)}],
+            "categories": [{"id": 1, "name": "person"}]}
+    (root / "annotations.json").write_text(json.dumps(data))
+    return root
+
+
 @works_case
 def exif_coco_stored_size(tmp, ckpt):
     """COCO sizes and boxes describe the stored pixel grid (as in COCO itself): the EXIF turn is
@@ -513,11 +522,7 @@ def exif_coco_stored_size(tmp, ckpt):
     exif = Image.Exif()
     exif[0x0112] = 6
     stored.save(root / "images" / "t.jpg", quality=95, exif=exif.tobytes())
-    data = {"images": [{"id": 1, "file_name": "t.jpg", "width": 256, "height": 192}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": spot_coco_bbox(256, 192)}],
-            "categories": [{"id": 1, "name": "person"}]}
-    (root / "annotations.json").write_text(json.dumps(data))
-    return evaluate(ckpt, root, "--json", tmp / "m.json")
+    return evaluate(ckpt, _one_image_coco(root, 256, 192), "--json", tmp / "m.json")
 
 
 @works_case
@@ -526,11 +531,7 @@ def exif_coco_displayed_size(tmp, ckpt):
     root = tmp / "c"
     (root / "images").mkdir(parents=True)
     save_exif_rotated(spot_image(192, 256), root / "images" / "t.jpg")
-    data = {"images": [{"id": 1, "file_name": "t.jpg", "width": 192, "height": 256}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": spot_coco_bbox(192, 256)}],
-            "categories": [{"id": 1, "name": "person"}]}
-    (root / "annotations.json").write_text(json.dumps(data))
-    return evaluate(ckpt, root, "--json", tmp / "m.json")
+    return evaluate(ckpt, _one_image_coco(root, 192, 256), "--json", tmp / "m.json")
 
 
 @works_case

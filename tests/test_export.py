@@ -252,3 +252,41 @@ def test_export_cli_requires_calibration_images_for_int8(exported, tmp_path):
                           "--out", str(tmp_path)], capture_output=True, text=True)
     assert res.returncode == 2
     assert "--calib" in res.stderr and "Traceback" not in res.stderr
+
+
+def _tiny_coco(folder: Path, n: int = 4) -> Path:
+    """A COCO-layout set of generated person images (the ledger needs ground truth)."""
+    import json
+
+    from ssd_mnv1.training import render_scene
+
+    (folder / "images").mkdir(parents=True)
+    images, annotations = [], []
+    for i in range(n):
+        pixels, boxes = render_scene(11, i, size=160)
+        Image.fromarray(pixels).save(folder / "images" / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png", "width": 160, "height": 160})
+        for j, (x1, y1, x2, y2) in enumerate(boxes * 160):
+            annotations.append({"id": 100 * i + j, "image_id": i, "category_id": 1, "iscrowd": 0,
+                                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]})
+    (folder / "annotations.json").write_text(json.dumps(
+        {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "person"}]}))
+    return folder
+
+
+def test_ledger_evaluates_every_stage_and_writes_json_and_markdown(exported, tmp_path):
+    from ssd_mnv1.export.pipeline import build_ledger, write_ledger
+
+    _, result, root = exported
+    ledger = build_ledger(root / "tiny.ckpt", result, _tiny_coco(tmp_path / "data"))
+    stages = [r["stage"] for r in ledger["stages"]]
+    assert stages == ["pytorch-float", "onnx", "tflite-fp32", "tflite-int8"]
+    rows = {r["stage"]: r for r in ledger["stages"]}
+    assert rows["tflite-fp32"]["max_diff_vs_float_scores"] < 1e-4
+    assert rows["tflite-fp32"]["det_agreement_prev"] == 1.0
+    int8 = rows["tflite-int8"]
+    assert 0.0 <= int8["det_agreement_prev"] <= 1.0 and 0.0 <= int8["kernel_floor_det_agreement"] <= 1.0
+    assert "st_ap_20_reference_kernels" in int8 and "CONV_2D" in int8["ops"]
+    json_path, md_path = write_ledger(ledger, tmp_path / "out")
+    text = md_path.read_text()
+    assert "| tflite-int8 |" in text and "noise floor" in text and json_path.is_file()

@@ -5,6 +5,7 @@ Everything runs on the CPU with procedurally generated images (no download, no .
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -35,8 +37,8 @@ def _tiny_data(train=8, val=4, batch=4, **kwargs) -> DetectionDataModule:
                                num_workers=0, augmentation=NO_AUGMENTATION, **kwargs)
 
 
-def _cli(*args, timeout=600, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+def _cli(*args, timeout=600, cwd=None, **env_extra) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **env_extra}
     return subprocess.run([sys.executable, "-m", "ssd_mnv1.fit", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=cwd, env=env)
 
@@ -155,9 +157,11 @@ def _val_st_ap(metrics_csv: Path) -> float:
 
 
 def test_two_process_ddp_trains_and_matches_single_process_validation(tmp_path):
+    # One image per validation batch and one thread per process: every image then goes through
+    # exactly the same arithmetic whichever rank runs it, so the two ST-APs must be equal.
     common = ["--config", QUICKSTART, "--trainer.accelerator", "cpu", "--data.synthetic_train", 8,
-              "--data.synthetic_val", 9, "--data.batch_size", 2, "--data.num_workers", 0,
-              "--trainer.enable_progress_bar", "false"]
+              "--data.synthetic_val", 9, "--data.batch_size", 2, "--data.val_batch_size", 1,
+              "--data.num_workers", 0, "--trainer.enable_progress_bar", "false"]
     fit = _cli("fit", *common, "--trainer.devices", 2, "--trainer.strategy", "ddp", "--trainer.max_steps", 4,
                "--trainer.default_root_dir", tmp_path / "fit", "--trainer.logger.init_args.save_dir", tmp_path / "fit",
                cwd=tmp_path)
@@ -170,9 +174,39 @@ def test_two_process_ddp_trains_and_matches_single_process_validation(tmp_path):
         out = tmp_path / f"val{devices}"
         result = _cli("validate", *common, "--trainer.devices", devices, "--trainer.strategy",
                       "ddp" if devices > 1 else "auto", "--ckpt_path", last, "--trainer.default_root_dir", out,
-                      "--trainer.logger.init_args.save_dir", out, cwd=tmp_path)
+                      "--trainer.logger.init_args.save_dir", out, cwd=tmp_path, OMP_NUM_THREADS="1")
         assert result.returncode == 0, result.stderr[-3000:]
         if devices > 1:
             assert "Starting with 2 processes" in result.stdout + result.stderr
         aps[devices] = _val_st_ap(next(out.rglob("metrics.csv")))
     assert aps[1] == aps[2] > 0
+
+
+def test_qat_callback_calibrates_on_the_exporters_images_and_keeps_ranges_frozen(tmp_path):
+    from PIL import Image
+
+    from ssd_mnv1.quantization import calibrate, prepare_qat
+    from ssd_mnv1.quantization.calibration import calibration_images
+    from ssd_mnv1.training import QuantizationAwareTraining, render_scene
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(6):
+        Image.fromarray(render_scene(7, i)[0]).save(calib / f"{i}.png")
+    pl.seed_everything(0)
+    module = SSDLightningModule(input_size=192, lr=1e-4, detection_loss_weight=0.0)
+    images = torch.from_numpy(np.concatenate(calibration_images(calib, 192, 4))).permute(0, 3, 1, 2)
+    expected = calibrate(prepare_qat(copy.deepcopy(module.model)), [images])
+    seen = []
+
+    class Ranges(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.append({k: (q.min_val.item(), q.max_val.item()) for k, q in pl_module.model.q.items()})
+
+    qat = QuantizationAwareTraining(calibration_images=str(calib), calibration_count=4, freeze_ranges=True,
+                                    distillation_weight=1.0)
+    _trainer(tmp_path, max_steps=3, callbacks=[qat, Ranges()], enable_checkpointing=False, limit_val_batches=0
+             ).fit(module, datamodule=_tiny_data())
+    assert getattr(module.model, "is_qat", False) and module.teacher is not None
+    want = {k: (q.min_val.item(), q.max_val.item()) for k, q in expected.q.items()}
+    assert seen[0] == seen[-1] == want

@@ -132,8 +132,8 @@ class RandomAdd(_ImageOnly):
         return tv_tensors.wrap(out, like=inpt)
 
 
-class RandomGaussianBlur(_ImageOnly):
-    """Gaussian blur with sigma ~ U(0, max_sigma); the kernel covers 3 sigma like imgaug's."""
+class _RandomSigma(_ImageOnly):
+    """An image-only op whose strength sigma is drawn from U(0, max_sigma) per image."""
 
     def __init__(self, max_sigma: float):
         super().__init__()
@@ -141,6 +141,10 @@ class RandomGaussianBlur(_ImageOnly):
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         return {"sigma": float(torch.rand(())) * self.max_sigma}
+
+
+class RandomGaussianBlur(_RandomSigma):
+    """Gaussian blur with sigma ~ U(0, max_sigma) pixels; the kernel covers 3 sigma like imgaug's."""
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         sigma = params["sigma"]
@@ -150,15 +154,8 @@ class RandomGaussianBlur(_ImageOnly):
         return self._call_kernel(F.gaussian_blur, inpt, kernel_size=[k, k], sigma=[sigma, sigma])
 
 
-class RandomGaussianNoise(_ImageOnly):
+class RandomGaussianNoise(_RandomSigma):
     """Additive Gaussian noise with std ~ U(0, max_sigma) (float image units)."""
-
-    def __init__(self, max_sigma: float):
-        super().__init__()
-        self.max_sigma = max_sigma
-
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        return {"sigma": float(torch.rand(())) * self.max_sigma}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         return self._call_kernel(F.gaussian_noise, inpt, sigma=params["sigma"], clip=True)
