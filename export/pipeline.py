@@ -145,10 +145,15 @@ class _Recording:
 AGREEMENT_TOP_K = 100
 
 
-def _top_detections(outs, anchors: np.ndarray) -> list:
+#: Score above which detections are what a deployment keeps (ST's firmware: 0.5-0.6).
+CONFIDENT_SCORE = 0.5
+
+
+def _top_detections(outs, anchors: np.ndarray, score_threshold: float = 0.001) -> list:
     from ssd_mnv1.metrics import st_detections
 
-    return st_detections(outs[0], outs[1], anchors, "st25", max_detections=AGREEMENT_TOP_K)
+    return st_detections(outs[0], outs[1], anchors, "st25", max_detections=AGREEMENT_TOP_K,
+                         score_threshold=score_threshold)
 
 
 def _agreement(a: list, b: list) -> float:
@@ -187,6 +192,7 @@ def build_ledger(model_path, result: ExportResult, data: str | os.PathLike, *, l
             stages.append((key, TFLiteRunner(result.files[key], int8_input=int8_input), result.files[key]))
     rows, previous, reference = [], None, None
     dets: dict[str, list] = {}
+    confident: dict[str, list] = {}
     anchors = generate_anchors(float_model.input_size).numpy()
     for name, runner, path in stages:
         recording = _Recording(runner)
@@ -205,6 +211,11 @@ def build_ledger(model_path, result: ExportResult, data: str | os.PathLike, *, l
             row["det_agreement_prev"] = _agreement(dets[name], dets[rows[-1]["stage"]])
         if "pytorch-fake-quant" in dets and name != "pytorch-fake-quant":
             row["det_agreement_vs_fake_quant"] = _agreement(dets[name], dets["pytorch-fake-quant"])
+        confident[name] = _top_detections(outs, anchors, CONFIDENT_SCORE)
+        if name == "tflite-int8":
+            versus = "pytorch-fake-quant" if "pytorch-fake-quant" in confident else rows[-1]["stage"]
+            row["confident_agreement_vs"] = versus
+            row["confident_det_agreement"] = _agreement(confident[name], confident[versus])
         if name == "tflite-int8":
             row["ops"] = tflite_edit.op_list(path)
             # TFLite's own noise floor: the same file under the reference kernels instead of XNNPACK.
@@ -252,7 +263,9 @@ def ledger_markdown(ledger: dict) -> str:
                       f"agrees on {100 * r['kernel_floor_det_agreement']:.2f} % of boxes (max Δ scores "
                       f"{r['kernel_floor_max_diff_scores']:.2e}, offsets {r['kernel_floor_max_diff_offsets']:.2e}); "
                       f"ST-AP with the reference kernels (bit-exact with TFLite Micro/CMSIS-NN on STM32 MCUs): "
-                      f"{r['st_ap_20_reference_kernels']:.2f}."]
+                      f"{r['st_ap_20_reference_kernels']:.2f}. Detections scoring > {CONFIDENT_SCORE} (what a "
+                      f"deployment keeps) agree with {r['confident_agreement_vs']} on "
+                      f"{100 * r['confident_det_agreement']:.2f} %."]
     for r in ledger["stages"]:
         if "ops" in r:
             counts: dict[str, int] = {}

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .cli import run
 from .fileio import atomic_write_text
 from .preprocess import INTERPOLATIONS, resize
-from .runners import INT8_INPUT_MODES
+from .runners import INT8_INPUT_MODES, TFLITE_KERNELS
 
 METRICS = ("st20", "st25", "coco", "all")
 
@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8-input", default="raw", choices=INT8_INPUT_MODES,
                         help="uint8 TFLite input: raw pixels (device), ST 2.0's (st) or 2025's (st25) "
                              "host conversion")
+    parser.add_argument("--tflite-kernels", default="xnnpack", choices=TFLITE_KERNELS,
+                        help="TFLite kernels: xnnpack (LiteRT's CPU default) or reference (bit-exact with "
+                             "TFLite Micro/CMSIS-NN on STM32 MCUs)")
     parser.add_argument("--interpolation", default="nearest", choices=INTERPOLATIONS)
     parser.add_argument("--decoder", default="pil", choices=DECODERS,
                         help="JPEG decoder: pil (default) or tf (ST's tf.io.decode_image, fast IDCT; "
@@ -224,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    runner = open_runner(args.model, int8_input=args.int8_input, num_threads=args.threads)
+    runner = open_runner(args.model, int8_input=args.int8_input, num_threads=args.threads,
+                         tflite_kernels=args.tflite_kernels)
     if args.size is not None and args.size != runner.input_size:
         raise ValueError(f"--size {args.size} does not match {args.model}, whose input is "
                          f"{runner.input_size}x{runner.input_size}")

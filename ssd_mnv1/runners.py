@@ -20,6 +20,7 @@ from .anchors import generate_anchors
 #: uint8 input of an int8 TFLite file: ``raw`` pixels (the STM32 firmware), ``st`` = ST 2.0's host
 #: conversion (the code behind the 2.0 card), ``st25`` = the 2025 code's truncating conversion.
 INT8_INPUT_MODES = ("raw", "st", "st25")
+TFLITE_KERNELS = ("xnnpack", "reference")
 
 
 class Runner(Protocol):
@@ -213,8 +214,14 @@ class KerasRunner:
 
 
 def open_runner(path: str | os.PathLike, *, int8_input: str = "raw", h5_backend: str = "pytorch",
-                device: str = "cpu", num_threads: int | None = None) -> Runner:
-    """Open any model file the project accepts, picked by its suffix."""
+                device: str = "cpu", num_threads: int | None = None, tflite_kernels: str = "xnnpack") -> Runner:
+    """Open any model file the project accepts, picked by its suffix.
+
+    ``tflite_kernels``: ``xnnpack`` (LiteRT's default on CPUs) or ``reference`` (TFLite's builtin
+    kernels, bit-exact with TFLite Micro / CMSIS-NN on STM32 MCUs); they differ by about 1 LSB.
+    """
+    if tflite_kernels not in TFLITE_KERNELS:
+        raise ValueError(f"--tflite-kernels must be one of {', '.join(TFLITE_KERNELS)}, got {tflite_kernels!r}")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model file")
@@ -236,5 +243,6 @@ def open_runner(path: str | os.PathLike, *, int8_input: str = "raw", h5_backend:
             raise ValueError(f"{path}: running .onnx files needs onnxruntime; "
                              "install the export extra: pip install -e '.[export]'") from None
     if suffix == ".tflite":
-        return TFLiteRunner(path, int8_input=int8_input, num_threads=num_threads)
+        return TFLiteRunner(path, int8_input=int8_input, num_threads=num_threads,
+                            builtin=tflite_kernels == "reference")
     raise ValueError(f"{path}: unknown model type '{suffix}'; expected .ckpt, .h5, .onnx or .tflite")

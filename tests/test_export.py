@@ -287,6 +287,7 @@ def test_ledger_evaluates_every_stage_and_writes_json_and_markdown(exported, tmp
     int8 = rows["tflite-int8"]
     assert 0.0 <= int8["det_agreement_prev"] <= 1.0 and 0.0 <= int8["kernel_floor_det_agreement"] <= 1.0
     assert "st_ap_20_reference_kernels" in int8 and "CONV_2D" in int8["ops"]
+    assert int8["confident_agreement_vs"] == "tflite-fp32" and 0.0 <= int8["confident_det_agreement"] <= 1.0
     json_path, md_path = write_ledger(ledger, tmp_path / "out")
     text = md_path.read_text()
     assert "| tflite-int8 |" in text and "noise floor" in text and json_path.is_file()

@@ -278,7 +278,7 @@ class SSDLightningModule(pl.LightningModule):
             optimizer, mode=mode, factor=hp.plateau_factor, patience=hp.plateau_patience,
             threshold=hp.plateau_min_delta, threshold_mode="abs")
         # Step the plateau schedule on the epochs that validate, where its metric exists.
-        every = getattr(self._trainer, "check_val_every_n_epoch", None) or 1 if self._trainer else 1
+        every = (self._trainer.check_val_every_n_epoch or 1) if self._trainer is not None else 1
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "monitor": hp.plateau_monitor, "interval": "epoch",
                                  "frequency": every}}
