@@ -12,7 +12,7 @@ from ssd_mnv1.metrics import STAPEvaluator
 from ssd_mnv1.training import (NO_AUGMENTATION, Augmentation, DetectionCollate, DetectionSamples,
                                SSDLightningModule, SyntheticPersons, hard_negative_mining_loss,
                                match_anchors, softmax_focal_loss, ssd_loss)
-from ssd_mnv1.training.module import merge_states_in_index_order, st_added_kernels
+from ssd_mnv1.training.module import st_added_kernels
 
 
 def _anchors():
@@ -185,6 +185,6 @@ def test_rank_states_merge_to_the_single_process_evaluator_despite_padding():
         for i in idx:
             _, det, scores, gt = images[i]
             ranks[r].add(i, det, scores, [1, 1], gt, [1, 1])
-    merged = merge_states_in_index_order([ranks[1].state(), ranks[0].state()])
+    merged = STAPEvaluator.from_states([ranks[1].state(), ranks[0].state()], order_by_id=True)
     assert merged.compute().ap == single.compute().ap
     assert len(merged) == 7

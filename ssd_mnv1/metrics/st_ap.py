@@ -463,10 +463,28 @@ class STAPEvaluator:
         return self
 
     @classmethod
-    def from_states(cls, states: list[dict]) -> "STAPEvaluator":
+    def from_states(cls, states: list[dict], order_by_id: bool = False) -> "STAPEvaluator":
+        """An evaluator holding every image of ``states``.
+
+        ``order_by_id``: images in ascending id order instead of state order. When the ids are
+        dataset indices (as in training's validation), that is the order one process would have
+        added them in, so score ties break the same way and the AP equals the single-process one.
+        """
         if not states:
             raise ValueError("from_states needs at least one state")
         first = states[0]
+        if order_by_id:
+            where: dict[int, tuple[int, int]] = {}
+            for s, st in enumerate(states):
+                for i, image_id in enumerate(st["image_ids"]):
+                    where.setdefault(int(image_id), (s, i))
+            ids = sorted(where)
+            merged = {k: first[k] for k in ("version", "variant", "input_size", "iou_threshold")}
+            merged["image_ids"] = ids
+            for key in ("det_boxes", "det_scores", "det_labels", "gt_boxes", "gt_labels"):
+                merged[key] = [states[where[i][0]][key][where[i][1]] for i in ids]
+            merged["skipped_ids"] = sorted({int(i) for st in states for i in st["skipped_ids"]} - set(ids))
+            states = [merged]
         return cls(first["input_size"], first["variant"], first["iou_threshold"]).merge(states)
 
     # -- result -----------------------------------------------------------------------------------

@@ -28,8 +28,6 @@ class DetectionSamples(Dataset):
 
     def __init__(self, dataset, input_size: int, interpolation: str = "nearest",
                  augmentation: Augmentation | None = None):
-        if interpolation not in INTERPOLATIONS:
-            raise ValueError(f"unknown interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}")
         self.dataset, self.size, self.interpolation = dataset, int(input_size), interpolation
         self.transforms = build_transforms(augmentation) if augmentation is not None else None
 

@@ -72,26 +72,6 @@ def st_added_kernels(model: nn.Module) -> list[nn.Parameter]:
     return [m.weight for part in (model.neck, model.head) for m in part.modules() if isinstance(m, nn.Conv2d)]
 
 
-def merge_states_in_index_order(states: list[dict]) -> STAPEvaluator:
-    """One evaluator from every rank's state, images ordered by dataset index (ids are indices).
-
-    Same image order as a single process, so score ties break the same way and the ST-AP is the
-    same; indices repeated by a DistributedSampler's padding count once.
-    """
-    rows: dict[int, tuple[int, int]] = {}
-    for s, st in enumerate(states):
-        for i, image_id in enumerate(st["image_ids"]):
-            rows.setdefault(int(image_id), (s, i))
-    first = states[0]
-    merged = {k: first[k] for k in ("version", "variant", "input_size", "iou_threshold")}
-    order = sorted(rows)
-    for key in ("det_boxes", "det_scores", "det_labels", "gt_boxes", "gt_labels"):
-        merged[key] = [states[rows[i][0]][key][rows[i][1]] for i in order]
-    merged["image_ids"] = order
-    merged["skipped_ids"] = sorted({int(i) for st in states for i in st["skipped_ids"]} - set(order))
-    return STAPEvaluator.from_states([merged])
-
-
 class SSDLightningModule(pl.LightningModule):
     """ST's SSD-MobileNetV1 detector with ST's training recipe.
 
@@ -240,7 +220,8 @@ class SSDLightningModule(pl.LightningModule):
             torch.distributed.all_gather_object(states, state)
         else:
             states = [state]
-        return 100.0 * merge_states_in_index_order(states).compute().ap
+        # Ids are dataset indices: ordering by them gives the single-process image order.
+        return 100.0 * STAPEvaluator.from_states(states, order_by_id=True).compute().ap
 
     @torch.no_grad()
     def evaluate_loader(self, loader) -> float:
