@@ -23,9 +23,6 @@ from pytorch_lightning.cli import LightningCLI
 from .cli import run
 from .training import DetectionDataModule, NonFiniteLossError, SSDLightningModule
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
-
-
 def packaged_config(name: str) -> Path:
     """Path of a config shipped in ``lightning_configs/`` (installed as ``ssd_mnv1.lightning_configs``)."""
     path = Path(str(resources.files("ssd_mnv1.lightning_configs") / name))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -25,7 +24,7 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; the message names the batch's image files."""
 
 
-def load_initial_weights(model: nn.Module, path: str) -> str:
+def load_initial_weights(model: nn.Module, path: str) -> None:
     """Load an ST detector / Keras ImageNet .h5 (through the importer) or a project checkpoint."""
     from pathlib import Path
 
@@ -36,7 +35,7 @@ def load_initial_weights(model: nn.Module, path: str) -> str:
         from ..weights import load_keras_h5
 
         load_keras_h5(p, model)
-        return "keras .h5"
+        return
     from ..checkpoint import load_checkpoint
 
     source = load_checkpoint(p)
@@ -45,7 +44,6 @@ def load_initial_weights(model: nn.Module, path: str) -> str:
     if source.hparams() != model.hparams():
         raise ValueError(f"{p}: checkpoint is for {source.hparams()}, the model is {model.hparams()}")
     model.load_state_dict(source.state_dict())
-    return "checkpoint"
 
 
 def set_prior_probability(model: nn.Module, prior: float) -> None:

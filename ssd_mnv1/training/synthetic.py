@@ -38,7 +38,7 @@ def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> 
             draw.rectangle([x - w / 2, y - h / 2, x + w / 2, y + h / 2], fill=color)
 
 
-def _person(draw: ImageDraw.ImageDraw, rng: np.random.Generator, x0: float, y0: float, h: float) -> tuple:
+def _person(draw: ImageDraw.ImageDraw, rng: np.random.Generator, x0: float, y0: float, h: float) -> None:
     """Draw an upright figure whose bounding box is ``(x0, y0, x0 + 0.42 h, y0 + h)``."""
     w = 0.42 * h
     cx = x0 + w / 2
@@ -62,7 +62,6 @@ def _person(draw: ImageDraw.ImageDraw, rng: np.random.Generator, x0: float, y0: 
     draw.rounded_rectangle([cx - torso_w / 2, y0 + 0.2 * h, cx + torso_w / 2, y0 + 0.6 * h],
                            radius=0.05 * h, fill=shirt)
     draw.ellipse([cx - head_r, y0, cx + head_r, y0 + 2 * head_r], fill=skin)
-    return (x0, y0, x0 + w, y0 + h)
 
 
 def _iou(a, b) -> float:
@@ -73,24 +72,33 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def render_scene(seed: int, index: int, size: int = 256, max_people: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """One image (uint8 HWC RGB) and its person boxes (normalized x1, y1, x2, y2)."""
-    rng = np.random.default_rng([seed, index])
-    img = _background(rng, size)
-    draw = ImageDraw.Draw(img)
-    _clutter(draw, rng, size)
+def scene_boxes(seed: int, index: int, size: int = 256, max_people: int = 3) -> np.ndarray:
+    """Person boxes (pixels x1, y1, x2, y2) of a scene, from its own layout stream: the dataset
+    knows every image's ground truth without painting the images."""
+    rng = np.random.default_rng([seed, index, 0])
     boxes: list[tuple] = []
     for _ in range(int(rng.integers(1, max_people + 1))):
         for _attempt in range(10):
             h = rng.uniform(0.25, 0.85) * size
-            w = 0.42 * h
-            x0, y0 = rng.uniform(0, size - w), rng.uniform(0, size - h)
-            box = (x0, y0, x0 + w, y0 + h)
+            x0, y0 = rng.uniform(0, size - 0.42 * h), rng.uniform(0, size - h)
+            box = (x0, y0, x0 + 0.42 * h, y0 + h)
             if all(_iou(box, b) < 0.2 for b in boxes):
-                boxes.append(_person(draw, rng, x0, y0, h))
+                boxes.append(box)
                 break
+    return np.asarray(boxes, np.float64).reshape(-1, 4)
+
+
+def render_scene(seed: int, index: int, size: int = 256, max_people: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """One image (uint8 HWC RGB) and its person boxes (normalized x1, y1, x2, y2)."""
+    boxes = scene_boxes(seed, index, size, max_people)
+    rng = np.random.default_rng([seed, index, 1])  # the paint stream: background, clutter, clothes
+    img = _background(rng, size)
+    draw = ImageDraw.Draw(img)
+    _clutter(draw, rng, size)
+    for x0, y0, _x1, y1 in boxes:
+        _person(draw, rng, x0, y0, y1 - y0)
     img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0, 1.0))))
-    return np.asarray(img, dtype=np.uint8), np.asarray(boxes, np.float32).reshape(-1, 4) / size
+    return np.asarray(img, dtype=np.uint8), boxes.astype(np.float32) / size
 
 
 class SyntheticPersons:
@@ -107,7 +115,7 @@ class SyntheticPersons:
         self.skipped: dict[str, int] = {}
 
     def _record(self, i: int) -> Record:
-        _, boxes = render_scene(self.seed, i, self.size)
+        boxes = (scene_boxes(self.seed, i, self.size) / self.size).astype(np.float32)
         n = len(boxes)
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) * self.size ** 2
         return Record(i, Path(f"<synthetic seed={self.seed} #{i}>"), self.size, self.size, boxes,
