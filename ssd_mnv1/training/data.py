@@ -15,16 +15,20 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from torchvision import tv_tensors
 
 from ..preprocess import INTERPOLATIONS, normalize, resize
-from .augment import Augmentation, build_transforms
+from .augment import Augmentation, OrderedBatchSampler, build_transforms
 
 
 class DetectionSamples(Dataset):
     """Model-ready samples of a detection dataset: ``{"image", "boxes", "labels", "index", "file",
-    "dropped"}``, image float ``(3, S, S)`` in [-1, 1], boxes normalized xyxy, labels 1-based."""
+    "dropped"}``, image float ``(3, S, S)`` in [-1, 1], boxes normalized xyxy, labels 1-based.
+
+    ``samples[i]`` augments with its own random op order; ``samples[(i, seed)]`` (what
+    :class:`~ssd_mnv1.training.augment.OrderedBatchSampler` yields) with the order of ``seed``, shared
+    by the whole batch as in ST's training generator."""
 
     def __init__(self, dataset, input_size: int, interpolation: str = "nearest",
                  augmentation: Augmentation | None = None):
@@ -34,7 +38,8 @@ class DetectionSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        i, order_seed = key if isinstance(key, tuple) else (key, None)
         image, rec = self.dataset[i]
         pixels = resize(image, self.size, self.interpolation)
         if pixels.dtype != np.uint8:  # bilinear gives float 0..255; training works on uint8 like cv2
@@ -50,7 +55,7 @@ class DetectionSamples(Dataset):
                 "boxes": tv_tensors.BoundingBoxes(boxes * self.size, format="XYXY",
                                                   canvas_size=(self.size, self.size)),
                 "labels": labels,
-            })
+            }, order_seed)
             tensor = out["image"].as_subclass(torch.Tensor) * 2.0 - 1.0
             dropped = len(labels) - len(out["labels"])
             boxes = out["boxes"].as_subclass(torch.Tensor).float() / self.size
@@ -166,8 +171,11 @@ class DetectionDataModule(pl.LightningDataModule):
         if self.drop_last and not drop_last:
             rank_zero_warn(f"{len(samples)} training images < batch_size {self.batch_size}: keeping the "
                            "partial batch")
-        return self._loader(samples, self.batch_size, shuffle=True, drop_last=drop_last,
-                            collate=DetectionCollate(self.drop_empty))
+        # one random op order per batch, as ST's generator (data_aug is called once per batch)
+        batches = OrderedBatchSampler(RandomSampler(samples), self.batch_size, drop_last)
+        return DataLoader(samples, batch_sampler=batches, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, collate_fn=DetectionCollate(self.drop_empty),
+                          persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         samples = DetectionSamples(self.val_set, self.input_size, "nearest", None)

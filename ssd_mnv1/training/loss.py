@@ -12,8 +12,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..box_coder import encode
-
 CLASSIFICATION_LOSSES = ("focal", "hard_negative_mining")
 PROB_EPS = 1e-7
 
@@ -49,6 +47,14 @@ def hard_negative_mining_loss(probs: torch.Tensor, labels: torch.Tensor, neg_pos
     return ce * keep
 
 
+def l2_penalty(kernels: list[torch.Tensor], l2: float) -> torch.Tensor:
+    """Keras' ``L2(l2)`` regularizer loss, ``l2 * sum(w**2)``, added to the loss as ST's Keras ``fit``
+    does (so its gradient ``2*l2*w`` reaches Adam's moments, unlike decoupled weight decay)."""
+    if not kernels:
+        return torch.zeros(())
+    return l2 * torch.stack([(w * w).sum() for w in kernels]).sum()
+
+
 @dataclass
 class LossOutput:
     total: torch.Tensor
@@ -57,14 +63,14 @@ class LossOutput:
     num_positives: int
 
 
-def ssd_loss(probs: torch.Tensor, offsets: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor,
-             gt_boxes: torch.Tensor, *, classification: str = "focal", focal_alpha: float = 1.0,
+def ssd_loss(probs: torch.Tensor, offsets: torch.Tensor, labels: torch.Tensor, target_offsets: torch.Tensor,
+             *, classification: str = "focal", focal_alpha: float = 1.0,
              focal_gamma: float = 0.25, neg_pos_ratio: float = 3.0, box_weight: float = 1.0,
              smooth_l1_sigma: float = 0.5) -> LossOutput:
     """(sum of classification over anchors + box_weight * sum of smooth-L1 over positives) / N_pos.
 
-    ``labels`` ``(N, A)`` per-anchor targets (0 = background), ``gt_boxes`` ``(N, A, 4)`` the matched
-    GT of each anchor. N_pos counts the positives of the whole batch, as ST's Keras loss ends up
+    ``labels`` ``(N, A)`` per-anchor targets (0 = background) and ``target_offsets`` ``(N, A, 4)``
+    the box-coder targets, both from :func:`~ssd_mnv1.training.matcher.batch_anchor_targets`. N_pos counts the positives of the whole batch, as ST's Keras loss ends up
     doing. Smooth-L1 with sigma 0.5 is 0.125 d^2 below |d| = 4 and |d| - 2 above (beta = 1/sigma^2).
     """
     if classification == "focal":
@@ -76,8 +82,8 @@ def ssd_loss(probs: torch.Tensor, offsets: torch.Tensor, anchors: torch.Tensor, 
                          f"{', '.join(CLASSIFICATION_LOSSES)}")
     positive = labels > 0
     num_pos = int(positive.sum())
-    targets = encode(gt_boxes[positive], anchors.expand_as(gt_boxes)[positive])
-    box = F.smooth_l1_loss(offsets[positive], targets, reduction="sum", beta=1.0 / smooth_l1_sigma ** 2)
+    box = F.smooth_l1_loss(offsets[positive], target_offsets[positive].to(offsets.dtype), reduction="sum",
+                           beta=1.0 / smooth_l1_sigma ** 2)
     norm = max(1, num_pos)
     cls_sum = cls.sum()
     return LossOutput((cls_sum + box_weight * box) / norm, cls_sum / norm, box / norm, num_pos)

@@ -1,8 +1,9 @@
 """LightningModule for ST's detector with ST's training recipe (st_reference.md §8).
 
-Matching (bipartite, then IoU >= 0.5), softmax focal loss on all anchors (alpha 1.0, gamma 0.25) +
-smooth-L1 (sigma 0.5) on positives over the batch's positives, Adam 1e-3 (Keras epsilon 1e-7), the
-Keras L2(5e-4) of ST-added kernels as coupled weight decay, ReduceLROnPlateau on val_loss.
+Matching (bipartite, then IoU >= 0.5, in float64), softmax focal loss on all anchors (alpha 1.0,
+gamma 0.25) + smooth-L1 (sigma 0.5) on positives over the batch's positives, plus the Keras L2(5e-4)
+loss of the ST-added kernels; Keras' Adam 1e-3 (epsilon 1e-7 on sqrt(v)); ReduceLROnPlateau on
+val_loss. ``bench/train_step_parity.py`` checks one step of this against ST's own Keras step.
 Validation logs ``val_loss`` and ``val_st_ap`` (ST-AP, percent) over all ranks' detections.
 """
 
@@ -14,10 +15,12 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from ..anchors import generate_anchors
 from ..metrics import STAPEvaluator, st_detections
 from ..model import build_model
-from .loss import ssd_loss
+from .loss import l2_penalty, ssd_loss
 from .matcher import batch_anchor_targets
+from .optim import KerasAdam
 
 
 class NonFiniteLossError(RuntimeError):
@@ -78,9 +81,9 @@ class SSDLightningModule(pl.LightningModule):
             ``data.class_names`` by the CLI).
         weights: initial weights: an ST detector .h5, or a project/Lightning checkpoint.
         backbone_weights: a Keras-Applications MobileNet ImageNet .h5 (backbone only).
-        lr: Adam learning rate (ST: 1e-3). ``adam_eps``: Keras' 1e-7.
+        lr: Adam learning rate (ST: 1e-3). ``adam_eps``: Keras' 1e-7 (added to sqrt(v), as Keras does).
         l2: Keras L2 factor on ST-added kernels (ST 2.0: 5e-4; 0 for ST 2025, whose custom train
-            step dropped it); applied as coupled weight decay 2*l2, as Keras' loss term is.
+            step dropped it); added to the training loss as Keras does (``train_reg``).
         classification_loss: ``focal`` (ST) or ``hard_negative_mining`` (SSD's CE with
             ``neg_pos_ratio`` negatives per positive).
         focal_alpha, focal_gamma: ST's actual values 1.0 and 0.25.
@@ -90,7 +93,9 @@ class SSDLightningModule(pl.LightningModule):
             float teacher's outputs alone: on a few hundred images that keeps the int8 model close to
             the float one instead of refitting it to a small training set.
         match_iou: positive threshold after the bipartite step (ST: 0.5).
-        match_variant: ``st20`` assigns a GT with no overlapping anchor anyway, ``st25`` skips it.
+        match_variant: ``st20`` (ST 2.0's matching; a GT overlapping no free anchor gets none),
+            ``st25`` (the same rule), ``st20_exact`` (also ST 2.0's bug: such a GT takes anchor 0
+            from GT 0). See :mod:`ssd_mnv1.training.matcher`.
         plateau_monitor, plateau_patience, plateau_factor, plateau_min_delta: ReduceLROnPlateau
             (ST: val_loss, 20, 0.1, 1e-4); monitoring ``val_st_ap`` maximizes.
         val_variant: ST-AP variant of ``val_st_ap`` (``st20``: the 2.0 evaluator, default).
@@ -108,7 +113,7 @@ class SSDLightningModule(pl.LightningModule):
                  classification_loss: Literal["focal", "hard_negative_mining"] = "focal",
                  focal_alpha: float = 1.0, focal_gamma: float = 0.25, neg_pos_ratio: float = 3.0,
                  box_weight: float = 1.0, detection_loss_weight: float = 1.0, match_iou: float = 0.5,
-                 match_variant: Literal["st20", "st25"] = "st20",
+                 match_variant: Literal["st20", "st25", "st20_exact"] = "st20",
                  plateau_monitor: Literal["val_loss", "val_st_ap"] = "val_loss", plateau_patience: int = 20,
                  plateau_factor: float = 0.1, plateau_min_delta: float = 1e-4,
                  val_variant: Literal["st20", "st25"] = "st20", prior_probability: Optional[float] = None,
@@ -127,6 +132,9 @@ class SSDLightningModule(pl.LightningModule):
             load_initial_weights(self.model, backbone_weights)
         if weights:
             load_initial_weights(self.model, weights)
+        # The matcher's anchors: ST's float64 values (the model's float32 ones break exact ties
+        # differently). Not a buffer, so that no precision setting casts them.
+        self._match_anchors = generate_anchors(self.model.spec, torch.float64)
         self.teacher: nn.Module | None = None  # set by the QAT callback for distillation
         self.distillation_weight = 0.0
         self._val_evaluator: STAPEvaluator | None = None
@@ -143,25 +151,32 @@ class SSDLightningModule(pl.LightningModule):
         images = batch["images"]
         return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
 
-    def _targets(self, batch: dict):
-        anchors = self.model.anchors
-        return batch_anchor_targets(batch["boxes"], batch["labels"], anchors, self.hparams.match_iou,
+    def targets(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-anchor classes ``(N, A)`` and box-coder targets ``(N, A, 4)`` of ``batch``'s boxes."""
+        if self._match_anchors.device != self.device:
+            self._match_anchors = self._match_anchors.to(self.device)
+        return batch_anchor_targets(batch["boxes"], batch["labels"], self._match_anchors, self.hparams.match_iou,
                                     self.hparams.match_variant)
 
-    def _loss(self, probs, offsets, labels, gt_boxes):
+    def _loss(self, probs, offsets, labels, target_offsets):
         hp = self.hparams
-        return ssd_loss(probs, offsets, self.model.anchors, labels, gt_boxes,
+        return ssd_loss(probs, offsets, labels, target_offsets,
                         classification=hp.classification_loss, focal_alpha=hp.focal_alpha,
                         focal_gamma=hp.focal_gamma, neg_pos_ratio=hp.neg_pos_ratio, box_weight=hp.box_weight)
 
     # --------------------------------------------------------------------------------- training
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss ``fit`` minimises on ``batch`` (one training-mode forward, which also updates the
+        BN statistics) and its parts: ST's detection loss, its classification / box terms, the L2
+        term, the number of positives and, with a QAT teacher, the distillation term."""
         images = self._images(batch)
         logits, offsets = self.model.forward_logits(images)
-        labels, gt_boxes = self._targets(batch)
-        out = self._loss(logits.float().softmax(-1), offsets.float(), labels, gt_boxes)
-        loss = self.hparams.detection_loss_weight * out.total
-        n = images.shape[0]
+        labels, target_offsets = self.targets(batch)
+        out = self._loss(logits.float().softmax(-1), offsets.float(), labels, target_offsets)
+        reg = l2_penalty(st_added_kernels(self.model), self.hparams.l2)
+        loss = self.hparams.detection_loss_weight * out.total + reg
+        parts = {"detection": out.total, "classification": out.classification, "box": out.localization,
+                 "reg": reg, "num_positives": torch.tensor(out.num_positives)}
         if self.teacher is not None and self.distillation_weight > 0:
             from ..quantization import distillation_loss
 
@@ -170,16 +185,23 @@ class SSDLightningModule(pl.LightningModule):
                 t_logits, t_offsets = self.teacher.forward_logits(images)
             distill = distillation_loss(logits.float(), offsets.float(), t_logits.float(), t_offsets.float())
             loss = loss + self.distillation_weight * distill
-            self.log("train_distill", distill, batch_size=n)
+            parts["distill"] = distill
+        return loss, parts
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, parts = self.training_loss(batch)
+        n = batch["images"].shape[0]
+        if "distill" in parts:
+            self.log("train_distill", parts["distill"], batch_size=n)
         if not torch.isfinite(loss):
             files = batch.get("files", [])
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at step {self.global_step}, epoch {self.current_epoch} "
-                f"(classification {out.classification.item()}, box {out.localization.item()}); the batch "
+                f"(classification {parts['classification'].item()}, box {parts['box'].item()}); the batch "
                 f"held {len(files)} image(s): {', '.join(files)}")
         self.log("train_loss", loss, prog_bar=True, batch_size=n)
-        self.log_dict({"train_cls": out.classification, "train_box": out.localization,
-                       "train_positives": float(out.num_positives) / n}, batch_size=n)
+        self.log_dict({"train_cls": parts["classification"], "train_box": parts["box"], "train_reg": parts["reg"],
+                       "train_positives": parts["num_positives"].float() / n}, batch_size=n)
         self.log("train_boxes_dropped", batch["boxes_dropped"].float(), reduce_fx="sum", on_step=False,
                  on_epoch=True, batch_size=n)
         self.log("train_images_dropped", batch["images_dropped"].float(), reduce_fx="sum", on_step=False,
@@ -192,8 +214,8 @@ class SSDLightningModule(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         scores, offsets, anchors = self.model(self._images(batch))
-        labels, gt_boxes = self._targets(batch)
-        out = self._loss(scores.float(), offsets.float(), labels, gt_boxes)
+        labels, target_offsets = self.targets(batch)
+        out = self._loss(scores.float(), offsets.float(), labels, target_offsets)
         self.log("val_loss", out.total, prog_bar=True, sync_dist=True, batch_size=scores.shape[0])
         self.add_to_evaluator(self._val_evaluator, batch, scores, offsets, anchors)
 
@@ -245,11 +267,8 @@ class SSDLightningModule(pl.LightningModule):
     # -------------------------------------------------------------------------------- optimizer
     def configure_optimizers(self):
         hp = self.hparams
-        decayed = {id(p) for p in st_added_kernels(self.model)}
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if id(p) in decayed], "weight_decay": 2.0 * hp.l2},
-                  {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
-        optimizer = torch.optim.Adam(groups, lr=hp.lr, eps=hp.adam_eps)
+        optimizer = KerasAdam([p for p in self.model.parameters() if p.requires_grad], lr=hp.lr,
+                              keras_eps=hp.adam_eps)
         if self._trainer is not None and self._trainer.limit_val_batches == 0:
             return optimizer  # no validation, nothing for the plateau schedule to watch
         mode = "max" if hp.plateau_monitor == "val_st_ap" else "min"

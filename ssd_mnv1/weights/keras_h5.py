@@ -218,6 +218,27 @@ def _bn_after(kf: KerasFile, conv: str) -> str:
     return consumers[0]
 
 
+def kernel_permutation(depthwise: bool) -> tuple[int, int, int, int]:
+    """Axes that turn a Keras kernel into PyTorch's: HWIO -> OIHW; depthwise (kh, kw, C, 1) -> (C, 1, kh, kw)."""
+    return (2, 3, 0, 1) if depthwise else (3, 2, 0, 1)
+
+
+def keras_variables(kf: KerasFile, model: nn.Module) -> dict[str, tuple[str, tuple[int, ...] | None]]:
+    """Keras variable name (``layer/variable``, as in ``model.variables`` without ``:0``) -> our
+    parameter or buffer name and the kernel permutation (``None`` for vectors), for every conv and
+    BN of ``model`` that ``kf`` provides. Used to compare gradients and weights with Keras."""
+    out = {}
+    for target, module, conv, bn in keras_layer_pairs(kf, model):
+        depthwise = module.conv.groups > 1
+        out[f"{conv}/{'depthwise_kernel' if depthwise else 'kernel'}"] = (f"{target}.conv.weight",
+                                                                          kernel_permutation(depthwise))
+        if module.conv.bias is not None:
+            out[f"{conv}/bias"] = (f"{target}.conv.bias", None)
+        for var, name in zip(_BN_VARS, ("weight", "bias", "running_mean", "running_var")):
+            out[f"{bn}/{var}"] = (f"{target}.bn.{name}", None)
+    return out
+
+
 def _copy(kf: KerasFile, target: str, module: ConvBN, conv: str, bn: str) -> None:
     layer = kf.layer(conv)
     depthwise = module.conv.groups > 1
@@ -225,8 +246,7 @@ def _copy(kf: KerasFile, target: str, module: ConvBN, conv: str, bn: str) -> Non
     if key not in layer:
         raise KerasImportError(f"{kf.path}: layer '{conv}' has no '{key}' (has {sorted(layer)}); "
                                f"it cannot be {target}")
-    # Keras HWIO -> OIHW; depthwise (kh, kw, C, 1) -> (C, 1, kh, kw).
-    perm = (2, 3, 0, 1) if depthwise else (3, 2, 0, 1)
+    perm = kernel_permutation(depthwise)
     kernel = layer[key]
     expected = tuple(module.conv.weight.shape[i] for i in np.argsort(perm))
     if kernel.shape != expected:
@@ -272,6 +292,27 @@ def _count_mismatch(kf: KerasFile, kind: str, found: int, model: SSDMobileNetV1)
     return text + "; the file is not a complete ST detector"
 
 
+def keras_layer_pairs(kf: KerasFile, model: nn.Module) -> list[tuple[str, ConvBN, str, str]]:
+    """``(module path, module, Keras conv layer, Keras BN layer)`` for every conv+BN of ``model``
+    that ``kf`` provides: the backbone always, ST's layers too when ``kf`` is a detector."""
+    backbone, prefix = (model, "") if isinstance(model, MobileNetV1) else (model.backbone, "backbone.")
+    pairs = _backbone_pairs(backbone, prefix)
+    if not kf.is_detector or isinstance(model, MobileNetV1):
+        return pairs
+    if not kf.inbound:
+        raise KerasImportError(f"{kf.path}: the file has no model_config, so ST's layers cannot be paired "
+                               "with their BatchNormalization layers")
+    if kf.input_size is not None and kf.input_size != model.input_size:
+        raise KerasImportError(f"{kf.path}: layer 'input' is {kf.input_size}x{kf.input_size}, "
+                               f"the model is built for {model.input_size}x{model.input_size}")
+    for kind, order in (("conv2d", _st_conv_order(model)), ("depthwise_conv2d", _st_dw_order(model))):
+        names = _auto_layers(kf, kind)
+        if len(names) != len(order):
+            raise KerasImportError(_count_mismatch(kf, kind, len(names), model))
+        pairs += [(target, module, conv, _bn_after(kf, conv)) for (target, module), conv in zip(order, names)]
+    return pairs
+
+
 def load_keras_h5(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """Load a Keras .h5 into ``model`` (built from the file when ``None``) and return the model.
 
@@ -289,21 +330,6 @@ def load_keras_h5(path: str | os.PathLike, model: nn.Module | None = None) -> nn
     if backbone.alpha != alpha:
         raise KerasImportError(f"{kf.path}: layer 'conv1' has {int(32 * alpha)} filters (alpha {alpha}); "
                                f"{prefix}conv1.conv expects {int(32 * backbone.alpha)} (alpha {backbone.alpha})")
-    for target, module, conv, bn in _backbone_pairs(backbone, prefix):
+    for target, module, conv, bn in keras_layer_pairs(kf, model):
         _copy(kf, target, module, conv, bn)
-    if not kf.is_detector or isinstance(model, MobileNetV1):
-        return model
-
-    if not kf.inbound:
-        raise KerasImportError(f"{kf.path}: the file has no model_config, so ST's layers cannot be paired "
-                               "with their BatchNormalization layers")
-    if kf.input_size is not None and kf.input_size != model.input_size:
-        raise KerasImportError(f"{kf.path}: layer 'input' is {kf.input_size}x{kf.input_size}, "
-                               f"the model is built for {model.input_size}x{model.input_size}")
-    for kind, order in (("conv2d", _st_conv_order(model)), ("depthwise_conv2d", _st_dw_order(model))):
-        names = _auto_layers(kf, kind)
-        if len(names) != len(order):
-            raise KerasImportError(_count_mismatch(kf, kind, len(names), model))
-        for (target, module), conv in zip(order, names):
-            _copy(kf, target, module, conv, _bn_after(kf, conv))
     return model
