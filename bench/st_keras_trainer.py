@@ -5,8 +5,14 @@
         --seed S --lr LR --out DIR [--batch-size 64] [--threads 2] [--no-augmentation]
 
 Runs in a separate environment (TF 2.19 + tf_keras 2.19, numpy 1.26, imgaug 0.4.0, opencv, pandas,
-munch, omegaconf, hydra-core, tqdm), never in the project's venv. ST's code is NOT part of this
-repository: ``--st-src`` is the root of a local copy of ST's stm32ai-modelzoo at ModelZoo 2.0.0
+munch, omegaconf, hydra-core, tqdm), never in the project's venv. Set up (Python 3.11)::
+
+    python3 -m venv ST_VENV
+    ST_VENV/bin/pip install tensorflow==2.19.0 tf-keras==2.19.0 numpy==1.26.4 imgaug==0.4.0 \
+        opencv-python-headless==4.11.0.86 h5py pandas munch omegaconf hydra-core scipy scikit-image \
+        shapely matplotlib tqdm
+
+ST's code is NOT part of this repository: ``--st-src`` is the root of a local copy of ST's stm32ai-modelzoo at ModelZoo 2.0.0
 (commit ff424ea597aa) holding ``object_detection/src/{training/loss.py, utils/anchor_boxes_utils.py,
 preprocessing/{preprocess.py,datasets.py}, data_augmentation/data_augment.py,
 models/st_ssd_mobilenet_v1.py}`` and ``object_detection/datasets/dataset_converter/converter.py``;
