@@ -27,12 +27,15 @@ import numpy as np
 import torch
 
 from ssd_mnv1.training import SSDLightningModule
-from ssd_mnv1.weights import keras_variables, read_keras_h5
+from ssd_mnv1.weights import KerasImportError, keras_variables, read_keras_h5
 
 THRESHOLDS = {"optimizer_on_st_grads_max_abs_diff": 1e-6, "loss_total_rel_diff": 1e-5, "loss_cls_rel_diff": 1e-5, "loss_loc_rel_diff": 1e-5,
               "loss_reg_rel_diff": 1e-5, "grad_rel_diff": 1e-3, "bn_stats_max_abs_diff": 1e-5,
               "after_step_max_abs_diff": 1e-6}
 GRAD_FLOOR = 1e-5
+#: Keys of ST's train-step vectors that this script reads (besides grads/ and after/).
+VECTOR_KEYS = ("files", "input_size", "images", "gt_boxes", "gt_count", "y_true", "loss_total", "loss_cls",
+               "loss_loc", "loss_reg")
 #: Keras-Applications names of the MobileNet backbone; every other variable belongs to ST's layers.
 BACKBONE_PREFIXES = ("conv1", "conv_dw_", "conv_pw_")
 
@@ -138,14 +141,14 @@ def run(vectors: Path, weights: Path, match_variant: str = "st20") -> dict:
               "n_positive_st": int(st_positive.sum()), "max_abs_target_offset_diff": target_diff,
               "losses_ours": losses}
     result.update(compare_with_st(v, losses, grads, after))
-    result["optimizer_on_st_grads_max_abs_diff"] = optimizer_on_st_gradients(v, weights, match_variant)
+    result["optimizer_on_st_grads_max_abs_diff"] = optimizer_on_st_gradients(v, weights)
     return result
 
 
-def optimizer_on_st_gradients(v: dict, weights: Path, match_variant: str) -> float:
+def optimizer_on_st_gradients(v: dict, weights: Path) -> float:
     """Max |w - w_ST| over every trainable entry after our optimizer's step fed ST's own gradients:
     the optimizer alone (Keras' epsilon placement), free of the gradient noise."""
-    module = SSDLightningModule(input_size=int(v["input_size"]), weights=str(weights), match_variant=match_variant)
+    module = SSDLightningModule(input_size=int(v["input_size"]), weights=str(weights))
     params = dict(module.model.named_parameters())
     names = keras_variables(read_keras_h5(weights), module.model)
     for keras_name, (ours_name, perm) in names.items():
@@ -204,8 +207,17 @@ def main(argv: list[str] | None = None) -> int:
     for path, option in ((args.vectors, "--vectors"), (args.weights, "--weights")):
         if not path.is_file():
             parser.error(f"{option} {path}: no such file")
+    try:
+        missing = [k for k in VECTOR_KEYS if k not in np.load(args.vectors, allow_pickle=False)]
+    except (OSError, ValueError) as exc:
+        parser.error(f"--vectors {args.vectors}: not a .npz file ({exc})")
+    if missing:
+        parser.error(f"--vectors {args.vectors}: not ST's train-step vectors (no {', '.join(missing)})")
     torch.manual_seed(0)
-    result = run(args.vectors, args.weights, args.match_variant)
+    try:
+        result = run(args.vectors, args.weights, args.match_variant)
+    except KerasImportError as exc:
+        parser.error(f"--weights {exc}")
     result["pass"] = not failures(result)
     v = np.load(args.vectors)
     print("\n".join(table(result, v, f"train-step parity, S={result['input_size']}, {len(v['files'])} images "

@@ -31,7 +31,9 @@ from ..specs import ANCHORS_PER_LOCATION, SUPPORTED_ALPHAS, SUPPORTED_INPUT_SIZE
 
 _BACKBONE_RE = re.compile(r"^(conv1|conv_(dw|pw)_\d+)(_bn)?$")
 _AUTO_RE = re.compile(r"^(conv2d|depthwise_conv2d)(?:_(\d+))?$")
+#: Keras BatchNormalization variables and the BatchNorm2d tensors they become, in the same order.
 _BN_VARS = ("gamma", "beta", "moving_mean", "moving_variance")
+_BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
 
 
 class KerasImportError(ValueError):
@@ -234,7 +236,7 @@ def keras_variables(kf: KerasFile, model: nn.Module) -> dict[str, tuple[str, tup
                                                                           kernel_permutation(depthwise))
         if module.conv.bias is not None:
             out[f"{conv}/bias"] = (f"{target}.conv.bias", None)
-        for var, name in zip(_BN_VARS, ("weight", "bias", "running_mean", "running_var")):
+        for var, name in zip(_BN_VARS, _BN_TENSORS):
             out[f"{bn}/{var}"] = (f"{target}.bn.{name}", None)
     return out
 
@@ -260,7 +262,7 @@ def _copy(kf: KerasFile, target: str, module: ConvBN, conv: str, bn: str) -> Non
     elif "bias" in layer:
         raise KerasImportError(f"{kf.path}: layer '{conv}' has a bias; {target}.conv has none")
     bn_layer = kf.layer(bn)
-    for var, name in zip(_BN_VARS, ("bn.weight", "bn.bias", "bn.running_mean", "bn.running_var")):
+    for var, name in zip(_BN_VARS, (f"bn.{t}" for t in _BN_TENSORS)):
         if var not in bn_layer:
             raise KerasImportError(f"{kf.path}: layer '{bn}' has no '{var}'")
         params[name] = torch.from_numpy(bn_layer[var])
