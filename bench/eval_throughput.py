@@ -47,7 +47,7 @@ def random_detector(calib: np.ndarray, seed: int = 0, background_prior: float = 
     about as many detections after NMS as ST's trained 224 model gives.
     """
     from ssd_mnv1.model import build_model
-    from ssd_mnv1.runners import normalize_batch
+    from ssd_mnv1.preprocess import normalize
 
     torch.manual_seed(seed)
     model = build_model(input_size=SIZE)
@@ -58,7 +58,7 @@ def random_detector(calib: np.ndarray, seed: int = 0, background_prior: float = 
     model.train()
     with torch.no_grad():
         for i in range(0, len(calib), 16):
-            model(torch.from_numpy(normalize_batch(calib[i:i + 16])).permute(0, 3, 1, 2))
+            model(torch.from_numpy(normalize(calib[i:i + 16])).permute(0, 3, 1, 2))
         for head in model.head.cls:
             bias = head.bn.bias.view(-1, model.head.num_outputs)  # channel = anchor * C + class
             bias[:, 1:] -= background_prior
@@ -71,15 +71,15 @@ def prepare_models(args, tmp: Path, images: np.ndarray):
 
     if args.reference_dir is not None:
         from ssd_mnv1.weights import load_keras_h5
+        from ssd_mnv1.zoo import st_files
 
-        folder = args.reference_dir / f"st_ssd_mobilenet_v1_025_{SIZE}"
-        h5 = folder / f"st_ssd_mobilenet_v1_025_{SIZE}.h5"
-        tflite = folder / f"st_ssd_mobilenet_v1_025_{SIZE}_int8.tflite"
-        for path in (h5, tflite):
-            if not path.is_file():
-                raise SystemExit(f"--reference-dir {args.reference_dir}: missing {path}")
-        return (TorchRunner(load_keras_h5(h5), "pytorch (ST .h5)"),
-                TFLiteRunner(tflite, "raw", num_threads=args.threads), "ST's 224 .h5 (PyTorch) vs ST's 224 int8 .tflite")
+        try:
+            st = st_files(args.reference_dir, SIZE, must_exist=True)
+        except FileNotFoundError as exc:
+            raise SystemExit(f"--reference-dir {exc}") from None
+        return (TorchRunner(load_keras_h5(st.h5), "pytorch (ST .h5)"),
+                TFLiteRunner(st.int8_tflite, "raw", num_threads=args.threads),
+                "ST's 224 .h5 (PyTorch) vs ST's 224 int8 .tflite")
 
     from ssd_mnv1.checkpoint import save_checkpoint
     from ssd_mnv1.export.pipeline import export

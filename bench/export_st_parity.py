@@ -6,9 +6,9 @@
 
 Why: with the same weights, our int8 file should be a drop-in for ST's (same I/O contract) and at
 least as accurate, and our float TFLite should equal PyTorch. For each size this exports
-``st_ssd_mobilenet_v1_025_<S>.h5`` to int8 (calibrated on --calib, never on --data), builds the
+ST's ``<S>`` .h5 (names: ``ssd_mnv1.zoo``) to int8 (calibrated on --calib, never on --data), builds the
 export ledger (max |Δ| of every stage to PyTorch float over all --data images), runs the
-compatibility check (``python -m ssd_mnv1.export.compat``) against ``..._int8.tflite``, evaluates
+compatibility check (``python -m ssd_mnv1.export.compat``) against ST's int8 .tflite, evaluates
 both int8 files with the project's evaluator on the same decoded images (raw uint8 pixels, as
 ``python -m ssd_mnv1.evaluate FILE --data DIR`` does), and prints one Markdown table. --per-tensor
 adds a per-tensor-weight export (STM32MP25 NPU) per size, checked from the interpreter's tensor
@@ -36,12 +36,10 @@ def run_size(size: int, args, out_dir: Path) -> dict:
     from ssd_mnv1.export.pipeline import build_ledger, export, write_ledger
     from ssd_mnv1.export.tflite_edit import op_list
     from ssd_mnv1.runners import TFLiteRunner
+    from ssd_mnv1.zoo import st_files
 
-    folder = args.reference_dir / f"st_ssd_mobilenet_v1_025_{size}"
-    h5, st_int8 = folder / f"st_ssd_mobilenet_v1_025_{size}.h5", folder / f"st_ssd_mobilenet_v1_025_{size}_int8.tflite"
-    for f in (h5, st_int8):
-        if not f.is_file():
-            raise FileNotFoundError(f"--reference-dir {args.reference_dir}: {f} is missing")
+    st = st_files(args.reference_dir, size, must_exist=True)
+    h5, st_int8 = st.h5, st.int8_tflite
     t0 = time.perf_counter()
     result = export(h5, out_dir / str(size), "tflite-int8", calib=args.calib, calib_count=args.calib_count,
                     log=lambda *_: None)

@@ -2,7 +2,7 @@
 
     python bench/reference_parity.py [--reference-dir ../shared/reference]
 
-For 192/224/256: max |Δscore|, max |Δoffset| and anchor equality of ``load_keras_h5`` on ST's
+For 192/224/256: max |Δscore|, max |Δoffset| and anchor equality of ``ssd_mnv1.load_model`` on ST's
 stored resized test input (``tests/test_reference_parity.py`` asserts <= 1e-5), then how
 ``preprocess`` of ST's test JPEG compares with ST's stored input when decoded by PIL (the default)
 and by TensorFlow (ST's decoder; needs the export extra).
@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssd_mnv1 import load_image, load_keras_h5
-from ssd_mnv1.preprocess import normalize, resize
+from ssd_mnv1 import load_image, load_model
+from ssd_mnv1.preprocess import resize, to_tensor
+from ssd_mnv1.zoo import st_files
 
 
 def main() -> None:
@@ -30,9 +31,7 @@ def main() -> None:
         raise SystemExit(f"error: {ref_dir}/test_vectors: not found (ST's reference files are needed)")
     jpeg = ref_dir / "test_vectors" / "people_826x547.jpg"
     try:
-        from ssd_mnv1.evaluate import decode_tf
-
-        tf_image = decode_tf(jpeg)
+        tf_image = load_image(jpeg, decoder="tf")
     except ValueError:
         tf_image = None
     pil_image = load_image(jpeg)
@@ -41,9 +40,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for size in (192, 224, 256):
         ref = np.load(ref_dir / "test_vectors" / f"ref_outputs_{size}.npz")
-        model = load_keras_h5(ref_dir / f"st_ssd_mobilenet_v1_025_{size}" / f"st_ssd_mobilenet_v1_025_{size}.h5")
+        model = load_model(st_files(ref_dir, size).h5)
         with torch.no_grad():
-            scores, offsets, anchors = model.eval()(normalize(ref["input_uint8_hwc"])[None])
+            scores, offsets, anchors = model.eval()(to_tensor(ref["input_uint8_hwc"])[None])
         stored = ref["input_uint8_hwc"].astype(int)
         pil = resize(pil_image, size).astype(int)
         tf_equal = "n/a (no tensorflow)" if tf_image is None else str(np.array_equal(resize(tf_image, size), stored))

@@ -8,7 +8,7 @@ For each start (``imagenet``: ImageNet MobileNet backbone + fresh ST layers; ``f
 pretrained 224 detector) x trainer x seed it runs one short training, one run at a time, each with
 ``--threads`` compute threads:
 
-* ours: ``python -m ssd_mnv1.fit fit --config lightning_configs/st_224.yaml`` (imagenet, with
+* ours: ``python -m ssd_mnv1.fit fit --config lightning_configs/base.yaml --config lightning_configs/st_224.yaml`` (imagenet, with
   ``--model.backbone_weights``) or ``lightning_configs/finetune_st_224.yaml`` (finetune, with
   ``--model.weights``), plus a generated override config: batch 64, ``max_epochs``, the lr, no
   validation during training (so no LR plateau schedule and no early stopping: the run is too short
@@ -46,14 +46,17 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+from ssd_mnv1.zoo import st_files
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 DEFAULTS = {
     "train": SHARED / "data" / "coco2017_person_train",
     "val": SHARED / "data" / "coco2017_person_val",
-    "st_h5": SHARED / "reference" / "st_ssd_mobilenet_v1_025_224" / "st_ssd_mobilenet_v1_025_224.h5",
+    "st_h5": st_files(SHARED / "reference", 224).h5,
     "backbone": SHARED / "reference" / "mobilenet_v1_0.25_224_imagenet.h5",
 }
+BASE_CONFIG = REPO / "lightning_configs" / "base.yaml"
 CONFIGS = {"imagenet": REPO / "lightning_configs" / "st_224.yaml",
            "finetune": REPO / "lightning_configs" / "finetune_st_224.yaml"}
 TRAINERS = ("ours", "st")
@@ -127,7 +130,7 @@ def train_command(trainer: str, start: str, seed: int, run_dir: Path, args) -> t
         env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent), env.get("PYTHONPATH", "")])
         weights_flag = "--model.backbone_weights" if start == "imagenet" else "--model.weights"
         weights = args.backbone if start == "imagenet" else args.st_h5
-        cmd = [sys.executable, "-m", "ssd_mnv1.fit", "fit", "--config", str(CONFIGS[start]),
+        cmd = [sys.executable, "-m", "ssd_mnv1.fit", "fit", "--config", str(BASE_CONFIG), "--config", str(CONFIGS[start]),
                "--config", str(override_config(run_dir, args, start)), weights_flag, str(weights),
                "--data.train", str(args.train), "--data.val", str(args.val), "--seed_everything", str(seed)]
         return cmd, env

@@ -78,7 +78,7 @@ import tensorflow as tf  # noqa: E402
 FMAP_SIZES = {192: [24, 12, 6, 3, 1], 224: [32, 16, 8, 4, 2, 1], 256: [32, 16, 8, 4, 2, 1]}
 #: The parts of ST's parsed 2.0 config that generate()/data_aug() read. ``scale`` is the 2.0
 #: user_config's "1/127.5" (evaluated by ST's config parser); augmentation values are those of the
-#: pretrained configs (st_ssd_mobilenet_v1_025_<S>_config.yaml).
+#: pretrained configs (ST's ``<S>_config.yaml``, named in ``ssd_mnv1.zoo``).
 ST_CONFIG = {
     "dataset": {"class_names": ["person"]},
     "preprocessing": {"rescaling": {"scale": 1 / 127.5, "offset": -1}},

@@ -55,16 +55,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from ssd_mnv1.export.pipeline import export
     from ssd_mnv1.runners import make_interpreter
+    from ssd_mnv1.zoo import st_files
 
     imports_s = time.perf_counter() - t0
     files = {}
     for size in args.sizes:
-        folder = args.reference_dir / f"st_ssd_mobilenet_v1_025_{size}"
-        stem = folder / f"st_ssd_mobilenet_v1_025_{size}"
-        files[size] = (stem.with_suffix(".h5"), stem.with_name(stem.name + "_int8.tflite"))
-        for f in files[size]:
-            if not f.is_file():
-                raise FileNotFoundError(f"--reference-dir {args.reference_dir}: {f} is missing")
+        st = st_files(args.reference_dir, size, must_exist=True)
+        files[size] = (st.h5, st.int8_tflite)
     kernels = "builtin kernels" if args.builtin else "XNNPACK"
     print(f"ai-edge-litert interpreter, {kernels}, 1 thread, batch 1; median of {args.rounds} interleaved rounds "
           f"x {args.runs} runs; TensorFlow + onnx2tf import {imports_s:.1f} s (not in the chain times)\n")

@@ -1,7 +1,9 @@
 """One training step of our trainer against one step of ST's own 2.0 Keras training code.
 
     python bench/train_step_parity.py --vectors ../shared/reference/train_step/batchA_224.npz \
-        --weights ../shared/reference/st_ssd_mobilenet_v1_025_224/st_ssd_mobilenet_v1_025_224.h5
+        --weights ST_224.h5
+
+ST_224.h5 is ST's released 224 ``.h5`` (``ssd_mnv1.zoo.st_files(DIR, 224).h5``).
 
 The vectors (``../shared/reference/train_step/README.md``) hold ST's input batch, the boxes as ST's
 matcher receives them, ST's targets, losses, gradients and the variables after one Adam step from the

@@ -2,7 +2,9 @@
 
     python bench/train_step_tf_floor.py --st-src ST_SRC \
         --vectors ../shared/reference/train_step/batchA_224.npz \
-        --weights ../shared/reference/st_ssd_mobilenet_v1_025_224/st_ssd_mobilenet_v1_025_224.h5
+        --weights ST_224.h5
+
+ST_224.h5 is ST's released 224 ``.h5`` (``ssd_mnv1.zoo.st_files(DIR, 224).h5``).
 
 Runs one step of ST's 2.0 training (the ``.h5`` loaded by tf_keras, outputs concatenated, ST's
 ``ssd_focal_loss`` imported from ``ST_SRC/object_detection/src/training/loss.py`` at run time, legacy

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ssd_mnv1.cli import run
+from ssd_mnv1.preprocess import normalize
 
 _FLOATS = ("float32", "float16", "float64")
 
@@ -49,7 +50,7 @@ def _probe_input(detail: dict, batch: int) -> np.ndarray:
         return pixels.astype(np.uint8)
     if dtype == np.int8:
         return (pixels - 128).astype(np.int8)
-    return (pixels / 127.5 - 1).astype(dtype)
+    return normalize(pixels).astype(dtype)
 
 
 def output_roles(outputs: list[np.ndarray]) -> list[str]:

@@ -33,22 +33,19 @@ class ExportResult:
     onnx_parity: dict[str, float] = field(default_factory=dict)
 
 
-def load_model(path: str | os.PathLike):
-    """(float model to export, optional fake-quant model) from a .ckpt or .h5."""
-    from ssd_mnv1.checkpoint import load_checkpoint
-    from ssd_mnv1.weights import load_keras_h5
+def models_for_export(path: str | os.PathLike):
+    """(float model to export, the QAT model it came from or None) from a ``.ckpt`` or an ``.h5``.
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such model file")
-    if path.suffix.lower() in (".h5", ".hdf5"):
-        return load_keras_h5(path).eval(), None
-    if path.suffix.lower() in (".ckpt", ".pt", ".pth"):
-        model = load_checkpoint(path).eval()
-        if getattr(model, "is_qat", False):
-            return model.to_float().eval(), model
-        return model, None
-    raise ValueError(f"{path}: cannot export '{path.suffix}' files; give a .ckpt or an .h5")
+    A QAT model is exported through :func:`~ssd_mnv1.quantization.to_float`: folded weights on the
+    int8 grid, from which the TFLite converter re-derives the same weight scales.
+    """
+    from ssd_mnv1.loading import load_model
+    from ssd_mnv1.quantization import is_qat, to_float
+
+    model = load_model(path).eval()
+    if is_qat(model):
+        return to_float(model).eval(), model
+    return model, None
 
 
 def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str = "tflite-int8", *,
@@ -58,7 +55,7 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str = 
         raise ValueError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
     if to == "tflite-int8" and calib is None:
         raise ValueError("--to tflite-int8 needs --calib DIR (images for the int8 calibration)")
-    model, _ = load_model(model_path)
+    model, _ = models_for_export(model_path)
     size = model.input_size
     calib_data = calibration_images(calib, size, calib_count) if to == "tflite-int8" else None
     out_dir = Path(out_dir)
@@ -150,10 +147,10 @@ CONFIDENT_SCORE = 0.5
 
 
 def _top_detections(outs, anchors: np.ndarray, score_threshold: float = 0.001) -> list:
-    from ssd_mnv1.metrics import st_detections
+    from ssd_mnv1.postprocess import postprocess
 
-    return st_detections(outs[0], outs[1], anchors, "st25", max_detections=AGREEMENT_TOP_K,
-                         score_threshold=score_threshold)
+    return postprocess(outs[0], outs[1], anchors, variant="st25", max_detections=AGREEMENT_TOP_K,
+                       score_threshold=score_threshold)
 
 
 def _agreement(a: list, b: list) -> float:
@@ -178,7 +175,7 @@ def build_ledger(model_path, result: ExportResult, data: str | os.PathLike, *, l
     from ssd_mnv1.evaluate import evaluate, resize_all
     from ssd_mnv1.runners import OnnxRunner, TFLiteRunner, TorchRunner
 
-    float_model, fake_quant = load_model(model_path)
+    float_model, fake_quant = models_for_export(model_path)
     dataset = open_dataset(data)
     images = resize_all(dataset, float_model.input_size, progress=False)
     if limit is not None:

@@ -12,16 +12,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-#: ST's input contract: uint8 pixels, real = (q - 127) / 127.5.
-INPUT_SCALE = 1.0 / 127.5
-INPUT_ZERO_POINT = 127
 _ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
 
@@ -110,7 +106,3 @@ def to_tflite_int8(saved_model_dir: str | os.PathLike, calibration: Iterable[np.
     if per_tensor:
         conv._experimental_disable_per_channel = True  # STM32MP25 NPU wants per-tensor weights
     return conv.convert()
-
-
-def clean_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -6,17 +6,19 @@ Importing this package never imports TensorFlow; the exporter's heavy dependenci
 
 from .anchors import generate_anchors
 from .box_coder import decode, encode
+from .loading import MODEL_SUFFIXES, load_model, load_weights
 from .model import SSDMobileNetV1, build_model
 from .postprocess import Detections, postprocess
 from .preprocess import load_image, preprocess, resize
 from .specs import SUPPORTED_ALPHAS, SUPPORTED_INPUT_SIZES, resolution_spec
-from .weights import KerasImportError, load_keras_h5
+from .weights import KerasImportError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Detections",
     "KerasImportError",
+    "MODEL_SUFFIXES",
     "SSDMobileNetV1",
     "SUPPORTED_ALPHAS",
     "SUPPORTED_INPUT_SIZES",
@@ -25,7 +27,8 @@ __all__ = [
     "encode",
     "generate_anchors",
     "load_image",
-    "load_keras_h5",
+    "load_model",
+    "load_weights",
     "postprocess",
     "preprocess",
     "resize",

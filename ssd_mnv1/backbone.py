@@ -31,6 +31,11 @@ class ConvBN(nn.Module):
 
     TF pads a stride-2 3x3 conv on an even input by one pixel at the bottom/right only; PyTorch's
     symmetric padding would shift the grid by one pixel, so stride-2 layers pad explicitly.
+
+    Two quantization slots, empty in the float model and filled by
+    :func:`ssd_mnv1.quantization.prepare_qat`: ``weight_quant`` (when set, BN is folded into the
+    conv with its running statistics and the folded weights are fake-quantized, as TFLite runs the
+    layer) and ``output_quant`` (the layer's int8 output, after the fused ReLU6).
     """
 
     def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, *,
@@ -42,11 +47,35 @@ class ConvBN(nn.Module):
                               bias=bias)
         self.bn = nn.BatchNorm2d(cout, eps=BN_EPS, momentum=BN_MOMENTUM)
         self.act = nn.ReLU6(inplace=True) if relu6 else nn.Identity()
+        self.weight_quant: nn.Module | None = None
+        self.output_quant: nn.Module = nn.Identity()
+
+    def folded_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conv's weight and bias with BN (running statistics) folded in."""
+        bn = self.bn
+        gain = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        weight = self.conv.weight * gain.reshape(-1, 1, 1, 1)
+        bias = bn.bias - bn.running_mean * gain
+        if self.conv.bias is not None:
+            bias = bias + self.conv.bias * gain
+        return weight, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 2:
             x = F.pad(x, (0, 1, 0, 1))
-        return self.act(self.bn(self.conv(x)))
+        if self.weight_quant is None:
+            y = self.bn(self.conv(x))
+        else:
+            weight, bias = self.folded_weight_and_bias()
+            c = self.conv
+            y = F.conv2d(x, self.weight_quant(weight), bias, c.stride, c.padding, c.dilation, c.groups)
+        return self.output_quant(self.act(y))
+
+    def train(self, mode: bool = True) -> "ConvBN":
+        super().train(mode)
+        if self.weight_quant is not None:
+            self.bn.eval()  # folded with frozen running statistics, as TFLite will run it
+        return self
 
 
 class DepthwiseSeparable(nn.Module):

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .fileio import atomic_torch_save
+from .fileio import atomic_torch_save, existing_file
 from .model import build_model
 
 MODEL_PREFIX = "model."
@@ -24,21 +24,17 @@ MODEL_HPARAMS = ("alpha", "input_size", "num_classes")
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, **extra) -> Path:
     """Write ``model`` as a project checkpoint (atomically)."""
     state = {MODEL_PREFIX + k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_torch_save({"state_dict": state, "hyper_parameters": model.hparams(), "ssd_mnv1": extra}, path)
+    atomic_torch_save({"state_dict": state, "hyper_parameters": {**model.architecture(), "qat": model.qat}, "ssd_mnv1": extra}, path)
     return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """Build the detector described by a project/Lightning checkpoint and load its weights.
 
-    A quantization-aware checkpoint (``hyper_parameters['qat']``) gives a
-    :class:`~ssd_mnv1.quantization.QATDetector`.
+    A quantization-aware checkpoint (``hyper_parameters['qat']``) gives a model prepared with
+    :func:`~ssd_mnv1.quantization.prepare_qat`; checkpoints of the former QAT wrapper still load.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: empty file (0 bytes), not a checkpoint")
+    path = existing_file(path, "checkpoint")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # torch raises many types for a corrupt file, some with long texts
@@ -55,9 +51,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     model = build_model(**{k: hp[k] for k in MODEL_HPARAMS})
     if hp.get("qat"):
         from .quantization import prepare_qat
+        from .quantization.qat import remap_legacy_qat_state
 
         model = prepare_qat(model)
     state = {k[len(MODEL_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
+    if hp.get("qat"):
+        state = remap_legacy_qat_state(state)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f"{path}: weights do not fit the {hp['input_size']} model: "

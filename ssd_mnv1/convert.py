@@ -1,6 +1,6 @@
-"""Convert a Keras .h5 (ST detector or Keras ImageNet MobileNet) to a project checkpoint.
+"""Convert ST's detector .h5 to a project checkpoint (an ImageNet backbone .h5 is used as is: --model.backbone_weights).
 
-    python -m ssd_mnv1.convert st_ssd_mobilenet_v1_025_224.h5 st_224.ckpt
+    python -m ssd_mnv1.convert ST_224.h5 st_224.ckpt
 """
 
 from __future__ import annotations
@@ -9,17 +9,17 @@ import argparse
 
 from .checkpoint import save_checkpoint
 from .cli import run
-from .weights import load_keras_h5
+from .loading import load_model
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ssd_mnv1.convert", description=__doc__.split("\n")[0])
-    parser.add_argument("h5", help="Keras .h5 file (ST detector, or Keras-Applications MobileNet)")
+    parser.add_argument("h5", help="ST detector .h5 file")
     parser.add_argument("out", help="output checkpoint path (.ckpt)")
     args = parser.parse_args(argv)
-    model = load_keras_h5(args.h5)
+    model = load_model(args.h5)
     path = save_checkpoint(model, args.out, source=str(args.h5))
-    hp = model.hparams()
+    hp = model.architecture()
     print(f"wrote {path}: alpha {hp['alpha']}, input {hp['input_size']}, {hp['num_classes']} class(es), "
           f"{model.num_anchors} anchors, {sum(p.numel() for p in model.parameters()):,} parameters")
     return 0

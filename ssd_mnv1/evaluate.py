@@ -26,31 +26,10 @@ from tqdm import tqdm
 
 from .cli import run
 from .fileio import atomic_write_text
-from .preprocess import INTERPOLATIONS, resize
+from .preprocess import DECODERS, INTERPOLATIONS, load_image, resize
 from .runners import INT8_INPUT_MODES, TFLITE_KERNELS
 
 METRICS = ("st20", "st25", "coco", "all")
-
-
-#: JPEG decoders: ``pil`` (the dataset's own loader: libjpeg's accurate integer IDCT, as training
-#: sees the images) or ``tf`` (``tf.io.decode_image``, what ST's evaluation code calls: TF's default
-#: fast integer IDCT, which changes most pixels by a few levels and ST-AP by ~0.1 point).
-DECODERS = ("pil", "tf")
-
-
-def decode_tf(path: str | os.PathLike) -> np.ndarray:
-    """Decode as ST's code does: ``tf.io.decode_image(channels=3)`` (fast IDCT, EXIF ignored)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    try:
-        import tensorflow as tf
-    except ImportError:
-        raise ValueError("--decoder tf needs tensorflow; install the export extra "
-                         "(pip install -e '.[export]') or use --decoder pil") from None
-    try:
-        data = tf.io.read_file(str(path))
-        return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
-    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as exc:
-        raise ValueError(f"{path}: TensorFlow cannot decode this image ({exc.message})") from None
 
 
 class ResizedImages(Dataset):
@@ -67,7 +46,7 @@ class ResizedImages(Dataset):
     def __getitem__(self, i):
         if self.decoder == "tf":
             rec = self.dataset.records[i]
-            image = decode_tf(rec.file)
+            image = load_image(rec.file, decoder="tf")
             if image.shape[:2] != (rec.height, rec.width):
                 raise ValueError(f"{rec.file}: TensorFlow decodes {image.shape[1]}x{image.shape[0]} but the "
                                  f"annotations say {rec.width}x{rec.height}")
@@ -131,14 +110,15 @@ def evaluate(runner, dataset, metrics: tuple[str, ...] = ("st20",), *, batch_siz
     ``images``: the first ``len(images)`` images of the dataset already resized by
     :func:`resize_all` (skips decoding); only those are evaluated. ``decoder``: see
     :data:`DECODERS`. ``st25_nms``: NMS back-end of the st25 and COCO post-processing
-    (``metrics.NMS_BACKENDS``; ``tf`` is ST 2025's own op and breaks score ties as ST does).
+    (``postprocess.NMS_BACKENDS``; ``tf`` is ST 2025's own op and breaks score ties as ST does).
     """
-    from .metrics import STAPEvaluator, coco_metrics, st_detections
+    from .metrics import STAPEvaluator, coco_metrics
+    from .postprocess import postprocess
 
     variants = [m for m in metrics if m in ("st20", "st25")]
     want_coco = "coco" in metrics
     size = runner.input_size
-    evaluators = {v: STAPEvaluator(size, v) for v in variants}
+    evaluators = {v: STAPEvaluator(size, v, sync_on_compute=False) for v in variants}
     coco_dets: dict[int, tuple] = {}
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if images is not None:
@@ -158,15 +138,14 @@ def evaluate(runner, dataset, metrics: tuple[str, ...] = ("st20",), *, batch_siz
     for batch, indices in tqdm(loader, desc=f"evaluate {runner.name} @{size}", unit="batch",
                                 disable=not progress):
         scores, offsets, anchors = runner(batch)
-        dets = {v: st_detections(scores, offsets, anchors, v, nms=st25_nms if v == "st25" else "torch")
+        dets = {v: postprocess(scores, offsets, anchors, variant=v, nms=st25_nms if v == "st25" else "torch")
                 for v in variants}
-        for variant in variants:
-            for i, (boxes, det_scores, labels) in zip(indices, dets[variant]):
-                rec = records[i]
-                evaluators[variant].add(rec.image_id, boxes, det_scores, labels, rec.boxes, rec.labels)
+        for variant in variants:  # dataset indices as ids: score ties go in dataset order
+            evaluators[variant].update(dets[variant], [records[i].boxes for i in indices],
+                                       [records[i].labels for i in indices], indices)
         if want_coco:  # COCO gets the 2025 post-processing (clip, NMS, top 100), as st25 uses
             coco_in = dets["st25"] if "st25" in dets else \
-                st_detections(scores, offsets, anchors, "st25", max_detections=100, nms=st25_nms)
+                postprocess(scores, offsets, anchors, variant="st25", nms=st25_nms)
             for i, det in zip(indices, coco_in):
                 coco_dets[records[i].image_id] = det
         seen += indices

@@ -44,3 +44,13 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def existing_file(path: str | os.PathLike, what: str, empty_error: type[ValueError] = ValueError) -> Path:
+    """``path`` if it is a non-empty file; otherwise one error naming it and saying ``what`` was expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {what}")
+    if path.stat().st_size == 0:
+        raise empty_error(f"{path}: empty file (0 bytes), not a {what}")
+    return path

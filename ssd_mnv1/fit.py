@@ -1,12 +1,15 @@
-"""Train, validate or test the detector with LightningCLI and YAML configs.
+"""Train, validate or test the detector with LightningCLI and composed YAML configs.
 
     python -m ssd_mnv1.fit                                   # the quickstart (no download, CPU, < 5 min)
-    python -m ssd_mnv1.fit fit --config lightning_configs/st_224.yaml --data.train DIR --data.val DIR
-    python -m ssd_mnv1.fit fit --config CONFIG --ckpt_path last          # resume
-    python -m ssd_mnv1.fit validate --config CONFIG --ckpt_path FILE.ckpt
-    python -m ssd_mnv1.fit fit --print_config
+    python -m ssd_mnv1.fit fit --config lightning_configs/base.yaml --config lightning_configs/st_224.yaml \\
+        --model.backbone_weights IMAGENET.h5 --data.train DIR --data.val DIR
+    python -m ssd_mnv1.fit fit --config ... --ckpt_path last                 # resume (also after a kill)
+    python -m ssd_mnv1.fit validate --config ... --ckpt_path FILE.ckpt
+    python -m ssd_mnv1.fit fit --config ... --print_config                   # the merged config
 
 With no arguments it runs ``lightning_configs/quickstart.yaml`` (packaged with the library).
+``base.yaml`` is ST's recipe; the config after it sets the size (``st_<S>.yaml``) or the purpose
+(``finetune_st_224.yaml``, ``qat_224.yaml``). A config value ``???`` is a required option.
 ``model.input_size`` is linked to ``data.input_size`` and ``data.class_names`` sets
 ``model.num_classes``. Trainer options (``--trainer.devices``, ``--trainer.num_nodes``,
 ``--trainer.strategy ddp``, ``--trainer.precision 16-mixed``) scale the same run to GPUs and nodes.
@@ -14,14 +17,24 @@ With no arguments it runs ``lightning_configs/quickstart.yaml`` (packaged with t
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 from importlib import resources
 from pathlib import Path
 
+from pytorch_lightning import Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 
 from .cli import run
 from .training import DetectionDataModule, NonFiniteLossError, SSDLightningModule
+
+#: A config value that must be replaced on the command line (OmegaConf's spelling of "missing").
+REQUIRED = "???"
+#: LightningCLI's subcommands (``ssd-mnv1 fit`` implies ``fit`` unless given one of these).
+SUBCOMMANDS = tuple(LightningCLI.subcommands())
+
 
 def packaged_config(name: str) -> Path:
     """Path of a config shipped in ``lightning_configs/`` (installed as ``ssd_mnv1.lightning_configs``)."""
@@ -31,10 +44,68 @@ def packaged_config(name: str) -> Path:
     return path
 
 
+def _checkpoint_dir(default_root_dir: str | None) -> str:
+    return os.path.join(default_root_dir or ".", "checkpoints")
+
+
+def _writes_last(callback) -> bool:
+    """A checkpoint callback that writes ``last*.ckpt`` at every save (a monitored one with
+    ``save_last`` writes it only when the monitored value improves)."""
+    return (isinstance(callback, ModelCheckpoint) and callback.monitor is None
+            and (bool(callback.save_last) or callback.filename == ModelCheckpoint.CHECKPOINT_NAME_LAST))
+
+
+def _required_left(value, key: str = "") -> list[str]:
+    """The options (as flags) whose value is still :data:`REQUIRED`; list items and ``init_args``
+    are spelled as jsonargparse reads them (``--trainer.callbacks.X`` reaches the last callback)."""
+    if isinstance(value, dict):
+        found = []
+        for name, item in value.items():
+            found += _required_left(item, key if name == "init_args" else f"{key}.{name}" if key else name)
+        return found
+    if isinstance(value, list):
+        return [flag for item in value for flag in _required_left(item, key)]
+    return [f"--{key}"] if value == REQUIRED else []
+
+
 class SSDLightningCLI(LightningCLI):
+    """LightningCLI with linked model/data options, required ``???`` values, and a last checkpoint.
+
+    Every fit writes ``<trainer.default_root_dir>/checkpoints/last.ckpt`` after each epoch: one
+    folder that does not change between runs (the best checkpoints go to the logger's versioned
+    folder), so ``--ckpt_path last`` finds it when resuming. Its options are ``--last_checkpoint.*``
+    (e.g. ``every_n_train_steps`` for long epochs). It is left out when checkpointing is off or a
+    config's own callbacks already write ``last.ckpt``.
+    """
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.input_size", "data.input_size")
         parser.link_arguments("data.class_names", "model.num_classes", compute_fn=len)
+        parser.add_class_arguments(ModelCheckpoint, "last_checkpoint", instantiate=True, fail_untyped=False,
+                                   sub_configs=True)
+        parser.set_defaults({"last_checkpoint.filename": ModelCheckpoint.CHECKPOINT_NAME_LAST,
+                             "last_checkpoint.monitor": None, "last_checkpoint.save_top_k": 1,
+                             "last_checkpoint.enable_version_counter": False})
+        parser.link_arguments("trainer.default_root_dir", "last_checkpoint.dirpath", compute_fn=_checkpoint_dir)
+
+    def _subconfig(self, config):
+        return config[self.subcommand] if self.subcommand else config
+
+    def before_instantiate_classes(self) -> None:
+        missing = _required_left(self._subconfig(self.config).as_dict())
+        if missing:
+            raise ValueError(f"missing required option{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                             f"(the config leaves {REQUIRED}): give {'them' if len(missing) > 1 else 'it'} "
+                             "on the command line")
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        config = self._subconfig(self.config_init)
+        trainer = {**config.get("trainer", {}), **kwargs}
+        callbacks = trainer.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        if trainer.get("enable_checkpointing") is not False and not any(map(_writes_last, callbacks)):
+            kwargs["callbacks"] = [*callbacks, config["last_checkpoint"]]
+        return super().instantiate_trainer(**kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,9 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     elif argv is None:
         args = None  # LightningCLI reads sys.argv itself (and warns when given both)
     try:
-        SSDLightningCLI(SSDLightningModule, DetectionDataModule, args=args,
-                        save_config_kwargs={"overwrite": True}, seed_everything_default=0,
-                        parser_kwargs={"prog": "python -m ssd_mnv1.fit"})
+        with warnings.catch_warnings():  # args given on purpose (quickstart, ssd-mnv1 fit), not mixed up with sys.argv
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            SSDLightningCLI(SSDLightningModule, DetectionDataModule, args=args,
+                            save_config_kwargs={"overwrite": True}, seed_everything_default=0,
+                            parser_kwargs={"prog": "python -m ssd_mnv1.fit"})
     except NonFiniteLossError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -19,21 +19,8 @@ import numpy as np
 import torch
 
 from .cli import run
-
-#: ST's published figures (st_reference §11.1 and §11.2), for the ST files, not for ours.
-ST_PUBLISHED = {
-    192: {"H7 activation RAM KiB (Cube.AI 8.1)": 249.54, "H7 weights flash KiB (Cube.AI 8.1)": 438.28,
-          "H7 activation RAM KiB (Cube.AI 10.0)": 266.3, "H7 weights flash KiB (Cube.AI 10.0)": 483.16,
-          "STM32H747 @400 MHz ms": 149.18, "STM32MP157F (2xA7) ms": 67.80, "STM32MP257F NPU ms": 12.34},
-    224: {"H7 activation RAM KiB (Cube.AI 8.1)": 366.15, "H7 weights flash KiB (Cube.AI 8.1)": 595.66,
-          "H7 activation RAM KiB (Cube.AI 10.0)": 379.6, "H7 weights flash KiB (Cube.AI 10.0)": 675.64,
-          "STM32H747 @400 MHz ms": 218.99, "STM32MP157F (2xA7) ms": 100.20, "STM32MP257F NPU ms": 18.65,
-          "STM32N6570 NPU ms": 9.63},
-    256: {"H7 activation RAM KiB (Cube.AI 8.1)": 439.34, "H7 weights flash KiB (Cube.AI 8.1)": 595.66,
-          "H7 activation RAM KiB (Cube.AI 10.0)": 456.1, "H7 weights flash KiB (Cube.AI 10.0)": 675.64,
-          "STM32H747 @400 MHz ms": 267.18, "STM32MP157F (2xA7) ms": 119.00, "STM32MP257F NPU ms": 14.33,
-          "STM32N6570 NPU ms": 10.37},
-}
+from .specs import SUPPORTED_ALPHAS, scaled_channels
+from .zoo import st_release
 
 
 def count_macs(model: torch.nn.Module, size: int) -> int:
@@ -55,6 +42,54 @@ def count_macs(model: torch.nn.Module, size: int) -> int:
     return total
 
 
+def _read_tflite(tflite_path):
+    """(flatbuffer model, its main subgraph, the TFLite schema module)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(tflite_path))
+    return model, model.subgraphs[0], schema
+
+
+def _conv_ops(model, sg, schema) -> list:
+    """The CONV_2D / DEPTHWISE_CONV_2D operators, in execution order."""
+    convs = (schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D)
+    ops = []
+    for op in sg.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        if max(code.builtinCode, code.deprecatedBuiltinCode) in convs:
+            ops.append(op)
+    return ops
+
+
+def tflite_architecture(tflite_path) -> dict:
+    """``build_model`` arguments of the detector in a .tflite, read from the file itself.
+
+    The MAC count is taken on the PyTorch model with these arguments, so they must be the file's:
+    the width from the first convolution's output channels (``int(32 * alpha)``), the classes from
+    the score output's width (background + classes; the two box outputs are 4 wide, so when all
+    three outputs are 4 wide the scores are too), the resolution from the input.
+    """
+    if not Path(tflite_path).is_file():
+        raise FileNotFoundError(f"{tflite_path}: no such TFLite file")
+    model, sg, schema = _read_tflite(tflite_path)
+    convs = _conv_ops(model, sg, schema)
+    if not convs:
+        raise ValueError(f"{tflite_path}: no convolution in the file; not an SSD MobileNet v1 detector")
+    stem = int(sg.tensors[convs[0].inputs[1]].shape[0])
+    alphas = [a for a in SUPPORTED_ALPHAS if scaled_channels(32, a) == stem]
+    if not alphas:
+        raise ValueError(f"{tflite_path}: the first convolution has {stem} output channels, which no "
+                         f"MobileNet width gives (alpha {', '.join(map(str, SUPPORTED_ALPHAS))} -> "
+                         f"{', '.join(str(scaled_channels(32, a)) for a in SUPPORTED_ALPHAS)} channels)")
+    widths = [int(sg.tensors[i].shape[-1]) for i in sg.outputs]
+    if len(widths) != 3:
+        raise ValueError(f"{tflite_path}: {len(widths)} outputs; an SSD detector has 3 (scores, offsets, anchors)")
+    scores = [w for w in widths if w != 4] or [4]
+    return {"alpha": alphas[0], "input_size": int(sg.tensors[sg.inputs[0]].shape[1]),
+            "num_classes": scores[0] - 1}
+
+
 def peak_activation_bytes(tflite_path) -> int:
     """Peak of the bytes of live activation tensors, executing the ops in order.
 
@@ -62,11 +97,7 @@ def peak_activation_bytes(tflite_path) -> int:
     start, outputs to the end); constants are excluded. No in-place reuse is assumed, so this is
     an upper-bound style estimate comparable to, not equal to, a deployment tool's arena size.
     """
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model(str(tflite_path))
-    sg = model.subgraphs[0]
+    model, sg, schema = _read_tflite(tflite_path)
     size_of = {schema.TensorType.INT8: 1, schema.TensorType.UINT8: 1, schema.TensorType.INT16: 2,
                schema.TensorType.INT32: 4, schema.TensorType.FLOAT32: 4, schema.TensorType.INT64: 8,
                schema.TensorType.FLOAT16: 2}
@@ -98,17 +129,8 @@ def peak_activation_bytes(tflite_path) -> int:
 
 def tflite_params(tflite_path) -> int:
     """Weights and biases of the CONV_2D / DEPTHWISE_CONV_2D ops (anchors and shapes excluded)."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model(str(tflite_path))
-    sg = model.subgraphs[0]
-    convs = (schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D)
-    seen = set()
-    for op in sg.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        if max(code.builtinCode, code.deprecatedBuiltinCode) in convs:
-            seen.update(i for i in op.inputs[1:] if i >= 0)
+    model, sg, schema = _read_tflite(tflite_path)
+    seen = {i for op in _conv_ops(model, sg, schema) for i in op.inputs[1:] if i >= 0}
     return sum(int(np.prod(sg.tensors[i].shape)) for i in seen)
 
 
@@ -138,24 +160,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=50)
     args = parser.parse_args(argv)
 
-    from .export.pipeline import export, load_model
+    from .export.pipeline import export, models_for_export
     from .export.tf_stage import quiet_tensorflow
-    from .runners import make_interpreter
+    from .loading import model_format
 
     quiet_tensorflow()
     path = Path(args.model)
     with tempfile.TemporaryDirectory() as tmp:
-        if path.suffix.lower() == ".tflite":
+        if model_format(path) == "tflite":
             tflite = path
-            it = make_interpreter(path)
-            size = int(it.get_input_details()[0]["shape"][1])
             from .model import build_model
 
-            model = build_model(input_size=size)
+            model = build_model(**tflite_architecture(path))
+            size = model.input_size
             params = tflite_params(path)
             note = "conv weights + biases in the TFLite file, BN folded"
         else:
-            model, _ = load_model(path)
+            model, _ = models_for_export(path)  # through ssd_mnv1.loading; a QAT model as exported
             size = model.input_size
             calib = args.calib
             if calib is None:
@@ -181,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| CPU latency, TFLite interpreter, {args.threads} thread(s), this machine | {ms:.2f} ms (median of {args.runs}) |")
         print(f"\n### ST's published figures for their {size} model (theirs, on STM32, not measured here)\n")
         print("| quantity | ST |\n|---|---|")
-        for key, value in ST_PUBLISHED[size].items():
+        for key, value in st_release(size).stm32.items():
             print(f"| {key} | {value} |")
     return 0
 

@@ -32,8 +32,12 @@ class SSDHead(nn.Module):
         self.box = nn.ModuleList(
             ConvBN(FPN_CHANNELS, a * 4, k, bias=True, relu6=False) for k in kernels
         )
+        # Quantization slots (see ConvBN): the concatenations requantize every level's own int8
+        # range to one shared range (TFLite rounds twice there, so QAT does too).
+        self.cls_quant: nn.Module = nn.Identity()
+        self.box_quant: nn.Module = nn.Identity()
 
     def forward(self, pyramid: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = [flatten_nhwc(m(p), self.num_outputs) for m, p in zip(self.cls, pyramid)]
         offsets = [flatten_nhwc(m(p), 4) for m, p in zip(self.box, pyramid)]
-        return torch.cat(logits, dim=1), torch.cat(offsets, dim=1)
+        return self.cls_quant(torch.cat(logits, dim=1)), self.box_quant(torch.cat(offsets, dim=1))

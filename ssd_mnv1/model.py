@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import nn
@@ -21,6 +22,10 @@ class SSDMobileNetV1(nn.Module):
     softmax scores ``(N, NA, 1 + num_classes)`` with background in column 0, corner offsets
     ``(N, NA, 4)`` and normalized anchors ``(N, NA, 4)`` - the tensors, order and anchor order of
     ST's .h5. Training code uses :meth:`forward_logits` to get the pre-softmax logits.
+
+    The same modules and forward serve quantization-aware training: ``prepare_qat`` fills the
+    quantization slots (``input_quant``, ``scores_quant`` and those of the conv blocks, neck and
+    head) and sets ``qat``; the float model leaves them empty.
     """
 
     def __init__(self, alpha: float = 0.25, input_size: int = 224, num_classes: int = 1):
@@ -35,13 +40,16 @@ class SSDMobileNetV1(nn.Module):
         self.neck = FPNLite(self.backbone.out_channels, self.spec)
         self.head = SSDHead(self.spec, self.num_classes)
         self.register_buffer("anchors", generate_anchors(self.spec), persistent=False)
+        self.qat = False
+        self.input_quant: nn.Module = nn.Identity()
+        self.scores_quant: nn.Module = nn.Identity()
         self.reset_parameters()
 
     @property
     def num_anchors(self) -> int:
         return self.spec.num_anchors
 
-    def hparams(self) -> dict:
+    def architecture(self) -> dict:
         """Constructor arguments, enough to rebuild the model from a checkpoint."""
         return {"alpha": self.alpha, "input_size": self.input_size, "num_classes": self.num_classes}
 
@@ -61,12 +69,12 @@ class SSDMobileNetV1(nn.Module):
 
     def forward_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Class logits ``(N, NA, 1+num_classes)`` and offsets ``(N, NA, 4)``."""
-        return self.head(self.neck(self.backbone(x)))
+        return self.head(self.neck(self.backbone(self.input_quant(x))))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, offsets = self.forward_logits(x)
         anchors = self.anchors.unsqueeze(0).expand(x.shape[0], -1, -1)
-        return logits.softmax(dim=-1), offsets, anchors
+        return self.scores_quant(logits.softmax(dim=-1)), offsets, anchors
 
 
 def _keras_fans(conv: nn.Conv2d) -> tuple[int, int]:
@@ -93,6 +101,17 @@ def _keras_init(conv: nn.Conv2d, kind: str) -> None:
             conv.bias.zero_()
 
 
-def build_model(alpha: float = 0.25, input_size: int = 224, num_classes: int = 1) -> SSDMobileNetV1:
-    """Build ST's SSD-MobileNetV1 (randomly initialised, Keras initialisers)."""
-    return SSDMobileNetV1(alpha=alpha, input_size=input_size, num_classes=num_classes)
+def build_model(alpha: float = 0.25, input_size: int = 224, num_classes: int = 1,
+                weights: str | os.PathLike | None = None) -> SSDMobileNetV1:
+    """Build ST's SSD-MobileNetV1 with Keras initialisers, then load ``weights`` if given.
+
+    ``weights``: a Keras-Applications MobileNet ImageNet ``.h5`` (backbone only), or any detector
+    file :func:`ssd_mnv1.load_model` opens (an ST ``.h5``, a float or QAT checkpoint: its float
+    weights), which must describe this architecture.
+    """
+    model = SSDMobileNetV1(alpha=alpha, input_size=input_size, num_classes=num_classes)
+    if weights is not None:
+        from .loading import load_weights
+
+        load_weights(model, weights)
+    return model

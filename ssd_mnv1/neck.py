@@ -50,19 +50,22 @@ class FPNLite(nn.Module):
             ConvBN(c, FPN_CHANNELS, 1, bias=True, relu6=False) for c in tap_channels
         )
         self.top = ConvBN(in_channels[-1], FPN_CHANNELS, 1, bias=True, relu6=False)
+        # Quantization slots (see ConvBN): the pooled top's input and each top-down sum.
+        self.gap_quant: nn.Module = nn.Identity()
+        self.add_quant = nn.ModuleList(nn.Identity() for _ in self.lateral)
 
     def forward(self, feats: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         # ST quirk (224 only): C5/C11/C13 are zero-padded to 32/16/8 so the pyramid matches 256's;
         # the padded C13 also feeds the extra layers.
         taps = [F.pad(f, p) if any(p) else f for f, p in zip(feats, self.spec.lateral_pads)]
         taps += self.extras(taps[-1])
-        p = self.top(taps[-1].mean(dim=(2, 3), keepdim=True))
+        p = self.top(self.gap_quant(taps[-1].mean(dim=(2, 3), keepdim=True)))
         pyramid = [p]
         for i in reversed(range(len(self.lateral))):
             up = F.interpolate(p, scale_factor=2, mode="bilinear", align_corners=False)
             if i == len(self.lateral) - 1 and any(self.spec.top_up_pad):
                 # ST quirk (192 only): the 2x2 upsampled top is padded top/left to the 3x3 level.
                 up = F.pad(up, self.spec.top_up_pad)
-            p = self.lateral[i](taps[i]) + up
+            p = self.add_quant[i](self.lateral[i](taps[i]) + up)
             pyramid.append(p)
         return pyramid[::-1]

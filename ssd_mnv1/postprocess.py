@@ -1,11 +1,18 @@
-"""Post-processing outside the network, as ST does: decode, score threshold, per-class NMS, top-k."""
+"""Post-processing outside the network, as ST does: decode, score threshold, per-class NMS, top-k.
+
+One function, three recipes (:data:`VARIANTS`): what the firmware keeps (``deploy``) and what each
+version of ST's AP evaluator scores (``st20``, ``st25``; st_reference.md §6). Published ST-AP
+figures depend on every detail of the latter, down to the order of equal scores.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from torchvision.ops import batched_nms
+from torchvision import ops
 
 from .box_coder import decode
 
@@ -26,34 +33,177 @@ class Detections:
         scale = self.boxes.new_tensor([width, height, width, height])
         return self.boxes * scale
 
+    def numpy(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(boxes (D, 4), scores (D,), labels (D,))`` on the host, for the metrics."""
+        return tuple(t.detach().cpu().numpy().reshape(shape)
+                     for t, shape in ((self.boxes, (-1, 4)), (self.scores, (-1,)), (self.labels, (-1,))))
 
-def postprocess(
-    scores: torch.Tensor,
-    offsets: torch.Tensor,
-    anchors: torch.Tensor,
-    *,
-    score_threshold: float = 0.5,
-    iou_threshold: float = 0.5,
-    max_detections: int | None = 100,
-    clip: bool = True,
-) -> list[Detections]:
-    """Turn the model's ``(scores, offsets, anchors)`` (batched or not) into per-image detections.
 
-    A class keeps anchors whose score is strictly above ``score_threshold`` (ST's rule); NMS is
-    torchvision's, per class. ``clip`` clips decoded boxes to [0, 1] (ST-2025, the firmware).
+@dataclass(frozen=True)
+class Variant:
+    """The defaults and NMS rule of one post-processing recipe."""
+
+    score_threshold: float  # a class keeps the anchors scoring strictly above it
+    iou_threshold: float
+    max_detections: int | None  # per class and in total; None: no cap
+    clip: bool  # clip decoded boxes to [0, 1] before NMS
+    suppress_at_threshold: bool  # ST 2.0's Python-float NMS suppresses IoU >= threshold, not only above
+    tf_corners: bool  # TF orders each box's corners before its IoU (decoded corners can cross)
+    stable_ties: bool  # ST-AP ranks equal scores as they come: class, then anchor order (CPU); else torchvision's
+
+
+VARIANTS: dict[str, Variant] = {
+    # The firmware's: confident boxes only; torchvision's batched NMS, on the tensors' device.
+    "deploy": Variant(0.5, 0.5, 100, clip=True, suppress_at_threshold=False, tf_corners=False, stable_ties=False),
+    # ST 2.0 (Padilla evaluator): greedy NMS in Python floats on unclipped boxes, nothing capped.
+    "st20": Variant(0.001, 0.5, None, clip=False, suppress_at_threshold=True, tf_corners=False, stable_ties=True),
+    # ST 2025 (objdet_metrics): clip, then TF's combined_non_max_suppression, 100 per class and in total.
+    "st25": Variant(0.001, 0.5, 100, clip=True, suppress_at_threshold=False, tf_corners=True, stable_ties=True),
+}
+
+#: NMS back-ends: ``torch`` (torchvision) or ``tf`` (TF's own ``combined_non_max_suppression``, which
+#: ST's 2025 code calls; st25 only). They differ only in the order of equal scores, which int8 models
+#: (scores in steps of 1/256) have plenty of: that order changes which of two tied overlapping boxes
+#: survives and which box is the 100th, ~0.05 ST-AP point.
+NMS_BACKENDS = ("torch", "tf")
+
+
+def postprocess(scores, offsets, anchors, *, variant: str = "deploy", score_threshold: float | None = None,
+                iou_threshold: float | None = None, max_detections: int | None = None,
+                nms: str = "torch") -> list[Detections]:
+    """Turn the model's ``(scores, offsets, anchors)`` into per-image detections.
+
+    ``scores`` (N, NA, C) softmax with the background in column 0, ``offsets`` (N, NA, 4),
+    ``anchors`` (N, NA, 4) or (NA, 4); unbatched (NA, C) inputs are accepted too; torch or numpy.
+    ``score_threshold``, ``iou_threshold`` and ``max_detections``: None takes the variant's value.
+
+    Each result is sorted by descending score. With ``stable_ties`` (st20, st25), equal scores come
+    in class, then anchor order, which is the order ST-AP breaks their ties in.
     """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown post-processing variant {variant!r}; allowed values: {', '.join(VARIANTS)}")
+    if nms not in NMS_BACKENDS:
+        raise ValueError(f"unknown NMS back-end {nms!r}; allowed values: {', '.join(NMS_BACKENDS)}")
+    if nms == "tf" and variant != "st25":
+        raise ValueError("the 'tf' NMS back-end is ST 2025's combined NMS: use it with variant 'st25'")
+    spec = VARIANTS[variant]
+    score_threshold = spec.score_threshold if score_threshold is None else float(score_threshold)
+    iou_threshold = spec.iou_threshold if iou_threshold is None else float(iou_threshold)
+    cap = spec.max_detections if max_detections is None else int(max_detections)
+
+    scores, offsets, anchors = _as_tensor(scores), _as_tensor(offsets), _as_tensor(anchors)
+    if spec.stable_ties:
+        scores, offsets, anchors = scores.cpu(), offsets.cpu(), anchors.cpu()
     if scores.dim() == 2:
-        scores, offsets, anchors = scores[None], offsets[None], anchors[None]
-    boxes_all = decode(offsets.float(), anchors.float())
-    if clip:
+        scores, offsets = scores[None], offsets[None]
+    boxes_all = decode(offsets.float(), anchors.float())  # (N, NA, 4): anchors broadcast
+    if spec.clip:
         boxes_all = boxes_all.clamp(0.0, 1.0)
-    results = []
-    for boxes, probs in zip(boxes_all, scores.float()):
-        cls_probs = probs[:, 1:]
-        idx, cls = torch.nonzero(cls_probs > score_threshold, as_tuple=True)
-        det_boxes, det_scores = boxes[idx], cls_probs[idx, cls]
-        keep = batched_nms(det_boxes, det_scores, cls, iou_threshold)
-        if max_detections is not None:
-            keep = keep[:max_detections]
-        results.append(Detections(det_boxes[keep], det_scores[keep], cls[keep] + 1))
-    return results
+    if nms == "tf":
+        return _tf_combined_nms(boxes_all, scores.float().numpy(), score_threshold, iou_threshold, cap)
+    if not spec.stable_ties:
+        return [_torchvision_nms(boxes, probs, score_threshold, iou_threshold, cap)
+                for boxes, probs in zip(boxes_all, scores.float())]
+    if spec.suppress_at_threshold:
+        # torchvision suppresses when IoU > threshold. In float64, "iou > nextafter(t, 0)" is exactly
+        # "iou >= t": no double lies between the two (torchvision compares its scalar_t IoU against the
+        # threshold as a double, and the boxes are float64, so the IoU is a double too).
+        iou_threshold = float(np.nextafter(iou_threshold, 0.0))
+    return [_st_nms(boxes, probs, spec, score_threshold, iou_threshold, cap)
+            for boxes, probs in zip(boxes_all, scores.float().numpy())]
+
+
+def _as_tensor(x) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    arr = np.asarray(x)
+    # read-only arrays (TF/TFLite outputs, broadcast views) make torch warn, reversed views fail: copy those
+    return torch.from_numpy(arr if arr.flags.writeable and arr.flags.c_contiguous else arr.copy())
+
+
+def _torchvision_nms(boxes: torch.Tensor, probs: torch.Tensor, score_threshold: float, iou_threshold: float,
+                     cap: int | None) -> Detections:
+    cls_probs = probs[:, 1:]
+    idx, cls = torch.nonzero(cls_probs > score_threshold, as_tuple=True)
+    det_boxes, det_scores = boxes[idx], cls_probs[idx, cls]
+    keep = ops.batched_nms(det_boxes, det_scores, cls, iou_threshold)
+    if cap is not None:
+        keep = keep[:cap]
+    return Detections(det_boxes[keep], det_scores[keep], cls[keep] + 1)
+
+
+def _st_nms(boxes: torch.Tensor, probs: np.ndarray, spec: Variant, score_threshold: float, iou_threshold: float,
+            cap: int | None) -> Detections:
+    """ST's per-class greedy NMS of one image (CPU); classes merged by score, ties in class order."""
+    kept_boxes, kept_scores, kept_labels = [], [], []
+    for c in range(1, probs.shape[1]):
+        col = probs[:, c]
+        idx = np.flatnonzero(col > score_threshold)
+        if idx.size == 0:
+            continue
+        cand = boxes[torch.from_numpy(idx)]
+        if spec.suppress_at_threshold:
+            nms_boxes = cand.double()
+        elif spec.tf_corners:
+            nms_boxes = torch.cat([torch.minimum(cand[:, :2], cand[:, 2:]),
+                                   torch.maximum(cand[:, :2], cand[:, 2:])], dim=1)
+        else:
+            nms_boxes = cand
+        keep = _nms_in_order(nms_boxes, torch.from_numpy(col[idx]), iou_threshold, cap).numpy()
+        kept_boxes.append(cand.numpy()[keep])
+        kept_scores.append(col[idx][keep])
+        kept_labels.append(np.full(keep.size, c, dtype=np.int64))
+    if not kept_scores:
+        return Detections(torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
+    det_boxes = np.concatenate(kept_boxes).astype(np.float32, copy=False)
+    det_scores = np.concatenate(kept_scores).astype(np.float32, copy=False)
+    det_labels = np.concatenate(kept_labels)
+    if len(kept_scores) > 1:  # merge classes by score (stable: class order for ties)
+        order = np.argsort(-det_scores, kind="stable")
+        det_boxes, det_scores, det_labels = det_boxes[order], det_scores[order], det_labels[order]
+    if cap is not None:
+        det_boxes, det_scores, det_labels = det_boxes[:cap], det_scores[:cap], det_labels[:cap]
+    return Detections(torch.from_numpy(det_boxes), torch.from_numpy(det_scores), torch.from_numpy(det_labels))
+
+
+def _nms_in_order(boxes: torch.Tensor, scores: torch.Tensor, threshold: float,
+                  cap: int | None = None) -> torch.Tensor:
+    """Greedy NMS visiting boxes by descending score, ties in index order (stable); returns the kept
+    indices in that order, at most ``cap`` of them.
+
+    torchvision sorts internally with an unstable sort, so it gets ranks instead of scores. With a
+    cap, NMS runs on growing score-ordered prefixes: whether a box is kept depends only on the boxes
+    ranked above it, so the kept boxes of a prefix are exactly the first kept boxes of the whole set
+    and the loop can stop once ``cap`` are found (an untrained model scores every anchor above the
+    threshold; this keeps st25 fast there).
+    """
+    n = scores.numel()
+    order = torch.from_numpy(np.argsort(-scores.numpy(), kind="stable"))
+    ranks = -torch.arange(n, dtype=boxes.dtype)
+    sorted_boxes = boxes[order]
+    k = n if cap is None else min(n, max(4 * cap, 256))
+    while True:
+        keep = ops.nms(sorted_boxes[:k], ranks[:k], threshold)
+        if k == n or keep.numel() >= cap:
+            break
+        k = min(n, 4 * k)
+    if cap is not None:
+        keep = keep[:cap]
+    return order[keep]
+
+
+def _tf_combined_nms(boxes: torch.Tensor, scores: np.ndarray, score_threshold: float, iou_threshold: float,
+                     cap: int) -> list[Detections]:
+    """ST 2025's ``tf.image.combined_non_max_suppression`` call on clipped boxes, class columns."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise ValueError("the 'tf' NMS back-end (TF's combined NMS) needs tensorflow; install the export "
+                         "extra (pip install -e '.[export]') or use the 'torch' back-end") from None
+    nb, ns, nc, nv = tf.image.combined_non_max_suppression(
+        np.ascontiguousarray(boxes.numpy()[:, :, None, :]), np.ascontiguousarray(scores[:, :, 1:]), cap, cap,
+        iou_threshold=iou_threshold, score_threshold=score_threshold, pad_per_class=False, clip_boxes=False)
+    nb, ns, nc, nv = nb.numpy(), ns.numpy(), nc.numpy(), nv.numpy()
+    return [Detections(torch.from_numpy(nb[i, :n].astype(np.float32)), torch.from_numpy(ns[i, :n].astype(np.float32)),
+                       torch.from_numpy(nc[i, :n].astype(np.int64) + 1)) for i, n in enumerate(nv)]

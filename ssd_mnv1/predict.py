@@ -14,16 +14,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from .cli import run
 from .fileio import atomic_path, atomic_write_text
 from .postprocess import Detections, postprocess
-from .preprocess import load_image, resize
+from .preprocess import IMAGE_SUFFIXES, is_image_file, load_image, resize
 from .runners import INT8_INPUT_MODES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 COLOURS = ((255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 64, 255))
 
 
@@ -32,7 +30,7 @@ def expand_images(paths: list[str]) -> list[Path]:
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(f for f in p.iterdir() if is_image_file(f))
             if not found:
                 raise ValueError(f"{p}: folder contains no images ({', '.join(IMAGE_SUFFIXES)})")
             out += found
@@ -64,8 +62,8 @@ def draw(image: np.ndarray, boxes_px: np.ndarray, scores: np.ndarray, labels: np
 def predict_image(runner, path: Path, *, score: float, iou: float, max_det: int) -> tuple[np.ndarray, Detections]:
     image = load_image(path)
     outputs = runner(resize(image, runner.input_size)[None])
-    det = postprocess(*(torch.from_numpy(np.ascontiguousarray(o)) for o in outputs),
-                      score_threshold=score, iou_threshold=iou, max_detections=max_det)[0]
+    det = postprocess(*outputs, variant="deploy", score_threshold=score, iou_threshold=iou,
+                      max_detections=max_det)[0]
     return image, det
 
 

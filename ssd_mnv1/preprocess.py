@@ -1,4 +1,8 @@
-"""Preprocessing exactly as ST: RGB, stretch to SxS ("fit", no letterbox), then x/127.5 - 1.
+"""The input contract, exactly as ST: RGB, stretch to SxS ("fit", no letterbox), then x/127.5 - 1.
+
+Everything that turns an image file into the network's input lives here: the image suffixes the
+tools accept, decoding (PIL, or TensorFlow's JPEG decoder as ST's code uses), the resize, the
+normalization (numpy and torch) and the int8 input quantization of the exported file.
 
 ST resizes with ``tf.image.resize(method='nearest')``: half-pixel centres, source index
 ``min(floor((i + 0.5) * in/out), in - 1)`` computed in float32. That is neither PyTorch's legacy
@@ -16,11 +20,32 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 INTERPOLATIONS = ("nearest", "bilinear")
+#: Image decoders: PIL (no TensorFlow needed) or TensorFlow's JPEG decoder, which ST's code uses and
+#: whose IDCT differs from libjpeg's by a few levels on most pixels.
+DECODERS = ("pil", "tf")
+#: Image files every tool accepts (folders are scanned for these, case-insensitively).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: The int8 file's uint8 input: real = (q - 127) / 127.5, so raw pixels feed it directly (ST's contract).
+INPUT_SCALE = 1.0 / 127.5
+INPUT_ZERO_POINT = 127
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to uint8 HWC RGB, applying EXIF orientation (greyscale/RGBA/CMYK/16-bit ok)."""
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def load_image(path: str | os.PathLike, decoder: str = "pil") -> np.ndarray:
+    """Decode an image file to uint8 HWC RGB.
+
+    ``pil`` applies EXIF orientation and reads greyscale/RGBA/CMYK/16-bit files; ``tf`` decodes as
+    ST's code does (``tf.io.decode_image(channels=3)``: TF's fast integer IDCT, EXIF ignored) and
+    needs TensorFlow (the export extra).
+    """
     path = Path(path)
+    if decoder == "tf":
+        return _decode_tf(path)
+    if decoder != "pil":
+        raise ValueError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
@@ -29,6 +54,22 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(f"{path}: no such image file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise image_error(path, exc) from None
+
+
+def _decode_tf(path: Path) -> np.ndarray:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise ValueError("--decoder tf needs tensorflow; install the export extra "
+                         "(pip install -e '.[export]') or use --decoder pil") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    try:
+        data = tf.io.read_file(str(path))
+        return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as exc:
+        raise ValueError(f"{path}: TensorFlow cannot decode this image ({exc.message})") from None
 
 
 def image_error(path: Path, exc: Exception) -> ValueError:
@@ -94,12 +135,18 @@ def resize(image, size: int, interpolation: str = "nearest") -> np.ndarray:
     raise ValueError(f"unknown interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}")
 
 
-def normalize(pixels) -> torch.Tensor:
-    """HWC pixels (uint8 or float 0..255) -> float CHW tensor in [-1, 1] (x/127.5 - 1)."""
-    t = torch.as_tensor(np.ascontiguousarray(pixels)).permute(2, 0, 1).float()
-    return t / 127.5 - 1.0
+def normalize(pixels):
+    """Pixels 0..255 (numpy or torch, any layout) -> float32 x/127.5 - 1, in float32 as TF computes it."""
+    if isinstance(pixels, torch.Tensor):
+        return pixels.float() / 127.5 - 1.0
+    return np.asarray(pixels).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def to_tensor(pixels) -> torch.Tensor:
+    """HWC pixels (uint8 or float 0..255) -> normalized float CHW tensor."""
+    return torch.from_numpy(normalize(np.ascontiguousarray(pixels))).permute(2, 0, 1)
 
 
 def preprocess(image, size: int, interpolation: str = "nearest") -> torch.Tensor:
     """uint8 HWC RGB array or PIL image -> float tensor ``(3, size, size)`` ready for the model."""
-    return normalize(resize(image, size, interpolation))
+    return to_tensor(resize(image, size, interpolation))

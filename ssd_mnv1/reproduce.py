@@ -4,8 +4,8 @@
                                  [--json FILE.json] [--decoder tf|pil] [--st25-nms tf|torch]
                                  [--threads N] [--limit N] [--no-keras]
 
-DIR (reference) holds ST's files as ST's model zoo lays them out:
-``st_ssd_mobilenet_v1_025_<S>/st_ssd_mobilenet_v1_025_<S>{.h5,_int8.tflite}``. Nothing is downloaded.
+DIR (reference) holds ST's files as ST's model zoo lays them out (names and published figures:
+``ssd_mnv1.zoo``). Nothing is downloaded.
 Each image is decoded and resized once per size, and every model runs on exactly those pixels. The
 default decoder is ST's own (``tf.io.decode_image``, whose fast IDCT differs from PIL's by a few
 levels on most pixels), and the 2025 variant and COCO use ST's own NMS op (TF's
@@ -21,18 +21,7 @@ from pathlib import Path
 
 from .cli import run
 from .fileio import atomic_write_text
-
-#: ST's published AP (%) on ST's own evaluation set (st_reference §11): (column head, which weights,
-#: values). The 2.0 card (ModelZoo 2.0.x) ships with the very .h5/.tflite files measured here and
-#: gives int8 figures only; the current card (2025 code) may describe retrained weights.
-PUBLISHED = {
-    "card_20_int8": ("2.0 card int8", "ModelZoo 2.0 card: these very .h5/.tflite files, int8",
-                     {192: 33.70, 224: 44.45, 256: 46.26}),
-    "card_now_int8": ("current card int8", "current model card (2025): possibly retrained weights, int8",
-                      {192: 35.80, 224: 46.10, 256: 50.50}),
-    "card_now_float": ("current card float", "current model card (2025): possibly retrained weights, float",
-                       {192: 35.80, 224: 46.90, 256: 51.00}),
-}
+from .zoo import CARDS, st_files, st_release
 
 #: (key, label) of every measured model, in table order.
 MODELS = (
@@ -46,12 +35,6 @@ MODELS = (
 #: is only in the full list.
 SIDE_BY_SIDE = (("ST int8 .tflite, raw px", "int8_raw"), ("ST int8 .tflite, ST input", "int8_st"),
                 ("ST .h5, Keras", "keras"), ("our port of the .h5", "port"))
-
-
-def st_files(reference_dir: Path, size: int) -> dict[str, Path]:
-    folder = reference_dir / f"st_ssd_mobilenet_v1_025_{size}"
-    return {"h5": folder / f"st_ssd_mobilenet_v1_025_{size}.h5",
-            "tflite": folder / f"st_ssd_mobilenet_v1_025_{size}_int8.tflite"}
 
 
 def _keras_available() -> bool:
@@ -72,17 +55,14 @@ def measure(reference_dir: Path, data: str, sizes: list[int], metrics=("st20", "
     dataset = open_dataset(data)
     rows = []
     for size in sizes:
-        files = st_files(reference_dir, size)
-        missing = [str(p) for p in files.values() if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"--reference-dir {reference_dir}: missing ST file(s) {', '.join(missing)}")
+        files = st_files(reference_dir, size, must_exist=True)
         images = resize_all(dataset, size, limit=limit, progress=progress, decoder=decoder)
         runners = {}
         if keras and _keras_available():
-            runners["keras"] = lambda: KerasRunner(files["h5"])
-        runners["port"] = lambda: TorchRunner(load_keras_h5(files["h5"]))
+            runners["keras"] = lambda: KerasRunner(files.h5)
+        runners["port"] = lambda: TorchRunner(load_keras_h5(files.h5))
         for mode in ("raw", "st", "st25"):
-            runners[f"int8_{mode}"] = lambda mode=mode: TFLiteRunner(files["tflite"], mode,
+            runners[f"int8_{mode}"] = lambda mode=mode: TFLiteRunner(files.int8_tflite, mode,
                                                                      num_threads=threads)
         for key, label in MODELS:
             if key not in runners:
@@ -102,14 +82,15 @@ def _fmt(v) -> str:
 
 def _side_by_side(rows: list[dict], sizes: list[int], metric: str) -> list[str]:
     by = {(r["size"], r["key"]): r for r in rows}
-    head = ["S"] + [f"published: {col}" for col, _, _ in PUBLISHED.values()] + \
+    head = ["S"] + [f"published: {card.column}" for card in CARDS] + \
         [f"measured: {col}" for col, _ in SIDE_BY_SIDE] + ["port − Keras"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for s in sizes:
         measured = [by.get((s, k), {}).get(metric) for _, k in SIDE_BY_SIDE]
         keras, port = by.get((s, "keras"), {}).get(metric), by.get((s, "port"), {}).get(metric)
         delta = f"{port - keras:+.2f}" if keras is not None and port is not None else "–"
-        cells = [str(s)] + [_fmt(v[s]) for _, _, v in PUBLISHED.values()] + [_fmt(v) for v in measured] + [delta]
+        published = [st_release(s).published_ap[card.key] for card in CARDS]
+        cells = [str(s)] + [_fmt(v) for v in published + measured] + [delta]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -124,7 +105,7 @@ def to_markdown(rows: list[dict], sizes: list[int], data: str) -> str:
     lines = ["## ST-AP (%) per resolution: ST's published figures next to our measurements", "",
              "* **published**: ST's model cards, measured by ST on its own (undocumented) COCO-person "
              "evaluation set, so not expected to equal ours. "
-             + " ".join(f"*{col}* = {what}." for col, what, _ in PUBLISHED.values()),
+             + " ".join(f"*{card.column}* = {card.source}." for card in CARDS),
              f"* **measured**: `python -m ssd_mnv1.reproduce` on {n} images of `{data}`; every model "
              f"sees the same pixels (JPEG decoded by {decoders.get(decoder, decoder)}, ST's nearest "
              "stretch to S×S). ST-AP: IoU 0.4, +1-pixel IoU, all-point interpolation, crowd boxes as "

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from .anchors import generate_anchors
+from .loading import load_model, model_format
+from .preprocess import normalize
 
 #: uint8 input of an int8 TFLite file: ``raw`` pixels (the STM32 firmware), ``st`` = ST 2.0's host
 #: conversion (the code behind the 2.0 card), ``st25`` = the 2025 code's truncating conversion.
@@ -30,11 +32,6 @@ class Runner(Protocol):
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
-def normalize_batch(images: np.ndarray) -> np.ndarray:
-    """uint8/float NHWC 0..255 -> float32 NHWC in [-1, 1] (x/127.5 - 1, in float32 as TF does)."""
-    return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
-
-
 class TorchRunner:
     """A PyTorch detector (from a checkpoint or through our Keras importer)."""
 
@@ -46,7 +43,7 @@ class TorchRunner:
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray):
-        x = torch.from_numpy(normalize_batch(images)).permute(0, 3, 1, 2).to(self.device)
+        x = torch.from_numpy(normalize(images)).permute(0, 3, 1, 2).to(self.device)
         return tuple(t.float().cpu().numpy() for t in self.model(x))
 
 
@@ -97,7 +94,7 @@ class OnnxRunner:
         self.fixed_batch = batch if isinstance(batch, int) else None
 
     def __call__(self, images: np.ndarray):
-        x = normalize_batch(images)
+        x = normalize(images)
         if self.nchw:
             x = x.transpose(0, 3, 1, 2)
         if self.fixed_batch is not None and x.shape[0] != self.fixed_batch:
@@ -150,7 +147,7 @@ class TFLiteRunner:
         dtype = self.input["dtype"]
         scale, zp = self.input["quantization"]
         if dtype == np.float32:
-            return normalize_batch(image[None])
+            return normalize(image[None])
         if dtype == np.uint8:
             if self.int8_input == "raw":
                 return image[None].astype(np.uint8)
@@ -209,13 +206,13 @@ class KerasRunner:
         self.name = "keras"
 
     def __call__(self, images: np.ndarray):
-        outs = self.model(normalize_batch(images), training=False)
+        outs = self.model(normalize(images), training=False)
         return _identify_outputs([np.asarray(o) for o in outs], self.input_size)
 
 
 def open_runner(path: str | os.PathLike, *, int8_input: str = "raw", h5_backend: str = "pytorch",
                 device: str = "cpu", num_threads: int | None = None, tflite_kernels: str = "xnnpack") -> Runner:
-    """Open any model file the project accepts, picked by its suffix.
+    """The one runner factory: any model file the project accepts (:data:`ssd_mnv1.loading.MODEL_SUFFIXES`).
 
     ``tflite_kernels``: ``xnnpack`` (LiteRT's default on CPUs) or ``reference`` (TFLite's builtin
     kernels, bit-exact with TFLite Micro / CMSIS-NN on STM32 MCUs); they differ by about 1 LSB.
@@ -225,24 +222,16 @@ def open_runner(path: str | os.PathLike, *, int8_input: str = "raw", h5_backend:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model file")
-    suffix = path.suffix.lower()
-    if suffix in (".ckpt", ".pt", ".pth"):
-        from .checkpoint import load_checkpoint
-
-        return TorchRunner(load_checkpoint(path), "pytorch", device)
-    if suffix in (".h5", ".hdf5", ".keras"):
-        if h5_backend == "keras":
-            return KerasRunner(path)
-        from .weights import load_keras_h5
-
-        return TorchRunner(load_keras_h5(path), "pytorch (.h5 import)", device)
-    if suffix == ".onnx":
+    kind = model_format(path)
+    if kind == "keras" and h5_backend == "keras":
+        return KerasRunner(path)
+    if kind in ("checkpoint", "keras"):
+        return TorchRunner(load_model(path), "pytorch" if kind == "checkpoint" else "pytorch (.h5 import)", device)
+    if kind == "onnx":
         try:
             return OnnxRunner(path, num_threads=num_threads)
         except ImportError:
             raise ValueError(f"{path}: running .onnx files needs onnxruntime; "
                              "install the export extra: pip install -e '.[export]'") from None
-    if suffix == ".tflite":
-        return TFLiteRunner(path, int8_input=int8_input, num_threads=num_threads,
-                            builtin=tflite_kernels == "reference")
-    raise ValueError(f"{path}: unknown model type '{suffix}'; expected .ckpt, .h5, .onnx or .tflite")
+    return TFLiteRunner(path, int8_input=int8_input, num_threads=num_threads,
+                        builtin=tflite_kernels == "reference")

@@ -11,7 +11,7 @@ a clear error rather than silently building a different graph.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 SUPPORTED_INPUT_SIZES = (192, 224, 256)
 SUPPORTED_ALPHAS = (0.25, 0.5, 0.75, 1.0)
@@ -53,39 +53,32 @@ class ResolutionSpec:
 
 
 _NO_PAD = (0, 0, 0, 0)
+#: (smallest, next) anchor size per level of the six-level pyramids (224 and 256); 192 drops the first.
+_SIX_LEVEL_ANCHOR_SIZES = ((0.10, 0.16), (0.26, 0.33), (0.42, 0.49), (0.58, 0.66), (0.74, 0.82), (0.90, 0.98))
+
+_SPEC_256 = ResolutionSpec(
+    input_size=256,
+    level_sizes=(32, 16, 8, 4, 2, 1),
+    anchor_sizes=_SIX_LEVEL_ANCHOR_SIZES,
+    num_extras=4,
+    lateral_pads=(_NO_PAD, _NO_PAD, _NO_PAD),
+    top_up_pad=_NO_PAD,
+    top_head_kernel=1,
+)
 
 _SPECS = {
     192: ResolutionSpec(
         input_size=192,
         level_sizes=(24, 12, 6, 3, 1),
-        anchor_sizes=((0.26, 0.33), (0.42, 0.49), (0.58, 0.66), (0.74, 0.82), (0.90, 0.98)),
+        anchor_sizes=_SIX_LEVEL_ANCHOR_SIZES[1:],
         num_extras=2,
         lateral_pads=(_NO_PAD, _NO_PAD, _NO_PAD),
         top_up_pad=(1, 0, 1, 0),
         top_head_kernel=3,
     ),
-    224: ResolutionSpec(
-        input_size=224,
-        level_sizes=(32, 16, 8, 4, 2, 1),
-        anchor_sizes=(
-            (0.10, 0.16), (0.26, 0.33), (0.42, 0.49), (0.58, 0.66), (0.74, 0.82), (0.90, 0.98),
-        ),
-        num_extras=4,
-        lateral_pads=((2, 2, 2, 2), (1, 1, 1, 1), (1, 0, 1, 0)),
-        top_up_pad=_NO_PAD,
-        top_head_kernel=1,
-    ),
-    256: ResolutionSpec(
-        input_size=256,
-        level_sizes=(32, 16, 8, 4, 2, 1),
-        anchor_sizes=(
-            (0.10, 0.16), (0.26, 0.33), (0.42, 0.49), (0.58, 0.66), (0.74, 0.82), (0.90, 0.98),
-        ),
-        num_extras=4,
-        lateral_pads=(_NO_PAD, _NO_PAD, _NO_PAD),
-        top_up_pad=_NO_PAD,
-        top_head_kernel=1,
-    ),
+    # ST builds 224 as 256's pyramid: C5/C11/C13 (28/14/7) are zero-padded to 32/16/8.
+    224: replace(_SPEC_256, input_size=224, lateral_pads=((2, 2, 2, 2), (1, 1, 1, 1), (1, 0, 1, 0))),
+    256: _SPEC_256,
 }
 
 

@@ -14,18 +14,43 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
     torch.set_num_threads(1)
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SSD_MNV1_SHARED", REPO.parent / "shared"))
-REFERENCE = SHARED / "reference"
-DATA = SHARED / "data"
+SHARED = Path(os.environ.get("SSD_MNV1_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    if not (REFERENCE / "test_vectors").is_dir():
-        pytest.skip(f"ST reference files not present at {REFERENCE}")
-    return REFERENCE
+    """ST's files (``ssd_mnv1.zoo`` names them); skips the test when they are absent."""
+    reference = SHARED / "reference"
+    if not (reference / "test_vectors").is_dir():
+        pytest.skip(f"ST reference files not present at {reference}")
+    return reference
 
 
-def st_h5(reference: Path, size: int) -> Path:
-    return reference / f"st_ssd_mobilenet_v1_025_{size}" / f"st_ssd_mobilenet_v1_025_{size}.h5"
+@pytest.fixture(scope="session")
+def coco_person_val() -> Path:
+    """The shared COCO-person val subset (690 images); skips the test when it is absent."""
+    root = SHARED / "data" / "coco2017_person_val"
+    if not (root / "annotations.json").is_file():
+        pytest.skip(f"{root} not present")
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_like_model():
+    """Factory of a seeded detector whose BatchNorms are not the identity, as after training, so
+    that BN folding and quantization ranges have something to do."""
+    import torch
+
+    from ssd_mnv1 import build_model
+
+    def make(input_size: int = 192):
+        torch.manual_seed(0)
+        model = build_model(input_size=input_size)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_var.uniform_(0.5, 2.0)
+                    m.running_mean.uniform_(-0.2, 0.2)
+        return model.eval()
+
+    return make

@@ -114,9 +114,9 @@ def test_crop_sides_are_independent_and_boxes_follow():
 # ------------------------------------------------------------------------------- photometric
 def test_contrast_pivots_on_127_and_multiply_truncates_like_imgaug_luts():
     img = torch.tensor([200, 127, 20], dtype=torch.uint8).reshape(3, 1, 1).repeat(1, 2, 2)
-    out = A.RandomLinearContrast((1.5, 1.5)).image(img, {"alpha": 1.5})
+    out = A.RandomLinearContrast((1.5, 1.5)).image(img, {"gain": 1.5})
     assert out[:, 0, 0].tolist() == [236, 127, 0]  # floor(127 + 1.5 (v - 127)), clipped
-    out = A.RandomMultiply((1.0, 1.0)).image(img, {"factor": 1.01})
+    out = A.RandomMultiply((1.0, 1.0)).image(img, {"gain": 1.01})
     assert out[:, 0, 0].tolist() == [202, 128, 20]  # floor(v * 1.01)
 
 

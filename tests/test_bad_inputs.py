@@ -361,7 +361,8 @@ def zero_byte_checkpoint(tmp, ckpt):
 def unknown_model_suffix(tmp, ckpt):
     bad = tmp / "frozen.pb"
     bad.write_bytes(b"\x08\x01")
-    return evaluate(bad, coco_set(tmp / "c")), [f"{bad}: unknown model type '.pb'", ".ckpt, .h5, .onnx or .tflite"]
+    return evaluate(bad, coco_set(tmp / "c")), [f"{bad}: unknown model file type '.pb'",
+                                                  "expected one of .ckpt, .pt, .pth, .h5, .hdf5, .onnx, .tflite"]
 
 
 def convert(h5, tmp) -> list:
@@ -589,6 +590,34 @@ def test_bad_input_fails_with_one_line_naming_file_and_fault(name, tmp_path, ckp
     """Exit 2 and a single ``error:`` line with the path, line/field and fault - no traceback."""
     argv, fragments = ERRORS[name](tmp_path, ckpt)
     assert_one_error(run_cli(argv), fragments)
+
+
+#: Every CLI that opens a model file, as argv after -m for a model path and a scratch folder.
+MODEL_CLIS = {
+    "evaluate": lambda m, tmp: evaluate(m, coco_set(tmp / "c")),
+    "predict": lambda m, tmp: predict(m, small_image(tmp / "a.jpg"), tmp / "out"),
+    "footprint": lambda m, tmp: ["ssd_mnv1.footprint", m],
+    "export": lambda m, tmp: ["ssd_mnv1.export", m, "--to", "onnx", "--out", tmp / "out"],
+    "convert": lambda m, tmp: ["ssd_mnv1.convert", m, tmp / "out.ckpt"],
+    "fit": lambda m, tmp: ["ssd_mnv1.fit", "fit", "--config", Path(__file__).parents[1] / "lightning_configs" /
+                           "quickstart.yaml", "--seed_everything", "false", "--model.weights", m,
+                           "--trainer.default_root_dir", tmp / "runs"],
+}
+BROKEN_MODEL_FILES = {
+    "truncated_checkpoint": ("cut.ckpt", lambda ckpt: ckpt.read_bytes()[: ckpt.stat().st_size // 2],
+                             "cannot read as a PyTorch checkpoint"),
+    "text_named_h5": ("notes.h5", lambda ckpt: b"not an HDF5 file\n", "cannot read as a Keras .h5 file"),
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_MODEL_FILES))
+@pytest.mark.parametrize("cli", list(MODEL_CLIS))
+def test_every_cli_opening_a_model_gives_one_error_line_for_a_broken_file(cli, broken, tmp_path, ckpt):
+    """All model files are opened by one loader, so every CLI reports a broken one the same way."""
+    name, content, fault = BROKEN_MODEL_FILES[broken]
+    bad = tmp_path / name
+    bad.write_bytes(content(ckpt))
+    assert_one_error(run_cli(MODEL_CLIS[cli](bad, tmp_path)), [f"{bad}: {fault}"])
 
 
 @pytest.mark.parametrize("name", list(SKIPS))

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DATA
 from ssd_mnv1.data import DetectionDataset, Record, open_dataset, read_coco, read_yolo
 
 CATEGORIES = [{"id": 1, "name": "person", "supercategory": "person"},
@@ -400,13 +399,10 @@ def test_record_empty_helper():
 # ------------------------------------------------------------------------------- shared COCO data
 
 
-def test_shared_coco_person_val_counts():
-    root = DATA / "coco2017_person_val"
-    if not (root / "annotations.json").is_file():
-        pytest.skip(f"{root} not present")
+def test_shared_coco_person_val_counts(coco_person_val):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ds = open_dataset(root)
+        ds = open_dataset(coco_person_val)
     assert ds.layout == "coco" and len(ds) == 690
     assert ds.num_boxes == 1781 and ds.num_crowd == 32 and ds.skipped == {}
     assert all(r.file.is_file() for r in ds.records)

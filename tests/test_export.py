@@ -15,33 +15,21 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REFERENCE, st_h5
-from ssd_mnv1 import build_model
 from ssd_mnv1.checkpoint import save_checkpoint
+from ssd_mnv1.zoo import st_files
 
 SIZE = 192
 
 
-def _trained_like_model():
-    torch.manual_seed(0)
-    model = build_model(input_size=SIZE)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_var.uniform_(0.5, 2.0)
-                m.bias.uniform_(-0.1, 0.1)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, trained_like_model):
     root = tmp_path_factory.mktemp("export")
     calib = root / "calib"
     calib.mkdir()
     rng = np.random.default_rng(0)
     for i in range(6):
         Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(calib / f"{i}.jpg")
-    model = _trained_like_model()
+    model = trained_like_model(SIZE)
     ckpt = save_checkpoint(model, root / "tiny.ckpt")
     from ssd_mnv1.export.pipeline import export
 
@@ -173,29 +161,27 @@ def test_compat_check_names_outputs_swapped_in_the_same_shape(exported, tmp_path
 
 # ------------------------------------------------------------- ST's own .h5 vs ST's own int8 file
 
-ST_192 = REFERENCE / "st_ssd_mobilenet_v1_025_192"
-
-
 @pytest.fixture(scope="module")
-def st_192_export(tmp_path_factory):
+def st_192_export(tmp_path_factory, reference_dir):
     """ST's 192 .h5 through our importer and the whole chain; calibrated on the test-vector photo
     only (the I/O contract and float parity do not depend on calibration quality)."""
-    needed = (ST_192 / "st_ssd_mobilenet_v1_025_192_int8.tflite", REFERENCE / "test_vectors" / "people_826x547.jpg")
-    if not all(f.is_file() for f in needed):
-        pytest.skip(f"ST reference files not present at {ST_192}")
-    from ssd_mnv1.export.pipeline import export, load_model
+    st = st_files(reference_dir, 192)
+    photo = reference_dir / "test_vectors" / "people_826x547.jpg"
+    if not all(f.is_file() for f in (st.h5, st.int8_tflite, photo)):
+        pytest.skip(f"ST reference files not present at {st.folder}")
+    from ssd_mnv1 import load_model
+    from ssd_mnv1.export.pipeline import export
 
     root = tmp_path_factory.mktemp("st192")
     (root / "calib").mkdir()
-    (root / "calib" / "people.jpg").write_bytes((REFERENCE / "test_vectors" / "people_826x547.jpg").read_bytes())
-    h5 = st_h5(REFERENCE, 192)
-    result = export(h5, root / "out", "tflite-int8", calib=root / "calib", calib_count=1, log=lambda *_: None)
-    return load_model(h5)[0], result
+    (root / "calib" / "people.jpg").write_bytes(photo.read_bytes())
+    result = export(st.h5, root / "out", "tflite-int8", calib=root / "calib", calib_count=1, log=lambda *_: None)
+    return load_model(st.h5).eval(), result
 
 
-def test_st_192_h5_exports_to_float_tflite_equal_to_pytorch(st_192_export):
+def test_st_192_h5_exports_to_float_tflite_equal_to_pytorch(st_192_export, reference_dir):
     model, result = st_192_export
-    photo = np.load(REFERENCE / "test_vectors" / "ref_outputs_192.npz")["input_uint8_hwc"][None]
+    photo = np.load(reference_dir / "test_vectors" / "ref_outputs_192.npz")["input_uint8_hwc"][None]
     noise = np.random.default_rng(4).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
     x = np.concatenate([photo, noise]).astype(np.float32) / np.float32(127.5) - np.float32(1)
     scores, offsets, anchors = _run_batch(result.files["tflite-fp32"], x)
@@ -206,11 +192,11 @@ def test_st_192_h5_exports_to_float_tflite_equal_to_pytorch(st_192_export):
     assert np.array_equal(anchors, ref[2].numpy())
 
 
-def test_st_192_h5_int8_export_has_exactly_the_io_contract_of_st_int8_file(st_192_export):
+def test_st_192_h5_int8_export_has_exactly_the_io_contract_of_st_int8_file(st_192_export, reference_dir):
     from ssd_mnv1.export.compat import output_quantization
 
     _, result = st_192_export
-    ours, ref = result.files["tflite-int8"], ST_192 / "st_ssd_mobilenet_v1_025_192_int8.tflite"
+    ours, ref = result.files["tflite-int8"], st_files(reference_dir, 192).int8_tflite
     res = subprocess.run([sys.executable, "-m", "ssd_mnv1.export.compat", str(ours), str(ref)],
                          capture_output=True, text=True)
     assert res.returncode == 0 and "DIFFERS" not in res.stdout, res.stdout + res.stderr[-2000:]

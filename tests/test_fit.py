@@ -131,7 +131,7 @@ def test_no_argument_run_uses_the_packaged_quickstart(monkeypatch):
     (["--model.input_size", "300"], ["input_size", "192", "224", "256"]),
     (["--model.learning_rate", "0.1"], ["learning_rate"]),
     (["--data.val_split", "2"], ["data.val_split", "[0, 1)"]),
-    (["--model.weights", "missing.h5"], ["missing.h5", "no such weights file"]),
+    (["--model.weights", "missing.h5"], ["missing.h5", "no such model file"]),
 ])
 def test_cli_config_errors_are_one_clear_message_without_traceback(tmp_path, args, words):
     result = _cli("fit", "--config", QUICKSTART, *args, cwd=tmp_path, timeout=120)
@@ -147,6 +147,72 @@ def test_unknown_key_in_a_config_file_is_named(tmp_path):
     result = _cli("fit", "--config", bad, cwd=tmp_path, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "lrate" in result.stderr
+
+
+CONFIGS = REPO / "lightning_configs"
+
+
+@pytest.mark.parametrize("config, size", [("st_192.yaml", 192), ("st_224.yaml", 224), ("st_256.yaml", 256),
+                                          ("finetune_st_224.yaml", 224), ("qat_224.yaml", 224)])
+def test_packaged_configs_compose_on_base_with_one_last_checkpoint(config, size, capsys, monkeypatch):
+    import yaml
+
+    from ssd_mnv1.fit import SSDLightningCLI
+
+    monkeypatch.setattr(sys, "argv", ["ssd_mnv1.fit"])  # LightningCLI warns when given args and sys.argv
+    with pytest.raises(SystemExit) as done:
+        SSDLightningCLI(SSDLightningModule, DetectionDataModule, args=[
+            "fit", "--config", str(CONFIGS / "base.yaml"), "--config", str(CONFIGS / config), "--print_config"])
+    assert done.value.code in (0, None)
+    merged = yaml.safe_load(capsys.readouterr().out)
+    assert merged["model"]["input_size"] == size
+    callbacks = [c["class_path"].rsplit(".", 1)[-1] for c in merged["trainer"]["callbacks"]]
+    assert callbacks.count("FitReport") == 1 and callbacks.count("ModelCheckpoint") == 1  # the best one
+    assert merged["last_checkpoint"]["filename"] == "last" and merged["last_checkpoint"]["monitor"] is None
+    assert merged["trainer"]["default_root_dir"] == merged["trainer"]["logger"]["init_args"]["save_dir"]
+
+
+def test_packaged_configs_name_no_local_paths():
+    for config in CONFIGS.glob("*.yaml"):
+        assert "../shared" not in config.read_text(), config.name
+
+
+def test_required_config_values_are_named_in_one_error(monkeypatch):
+    from ssd_mnv1 import fit
+
+    monkeypatch.setattr(sys, "argv", ["ssd_mnv1.fit"])
+    with pytest.raises(ValueError) as info:
+        fit.main(["fit", "--config", str(CONFIGS / "base.yaml"), "--config", str(CONFIGS / "qat_224.yaml"),
+                  "--data.train", "somewhere"])
+    message = str(info.value)
+    assert "--model.weights" in message and "--trainer.callbacks.calibration_images" in message
+    assert "--data.train" not in message and "\n" not in message
+
+
+def _cli_trainer(tmp_path, *args) -> pl.Trainer:
+    from ssd_mnv1.fit import SSDLightningCLI
+
+    return SSDLightningCLI(SSDLightningModule, DetectionDataModule, run=False, args=[
+        "--config", str(QUICKSTART), "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.logger.init_args.save_dir", str(tmp_path), *args]).trainer
+
+
+def _last_writers(trainer) -> list[ModelCheckpoint]:
+    from ssd_mnv1.fit import _writes_last
+
+    return [cb for cb in trainer.callbacks if _writes_last(cb)]
+
+
+def test_every_fit_gets_one_last_checkpoint_in_a_fixed_folder_unless_a_config_has_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["ssd_mnv1.fit"])  # LightningCLI warns when given args and sys.argv
+    (built_in,) = _last_writers(_cli_trainer(tmp_path))
+    assert Path(built_in.dirpath) == (tmp_path / "checkpoints").resolve()
+    (own,) = _last_writers(_cli_trainer(tmp_path, "--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint",
+                                        "--trainer.callbacks.dirpath", str(tmp_path / "mine"),
+                                        "--trainer.callbacks.save_last", "true"))
+    assert Path(own.dirpath) == (tmp_path / "mine").resolve()
+    off = _cli_trainer(tmp_path, "--trainer.enable_checkpointing", "false", "--trainer.callbacks", "[]")
+    assert not off.checkpoint_callbacks
 
 
 def _val_st_ap(metrics_csv: Path) -> float:
@@ -185,7 +251,7 @@ def test_two_process_ddp_trains_and_matches_single_process_validation(tmp_path):
 def test_qat_callback_calibrates_on_the_exporters_images_and_keeps_ranges_frozen(tmp_path):
     from PIL import Image
 
-    from ssd_mnv1.quantization import calibrate, prepare_qat
+    from ssd_mnv1.quantization import ActivationQuantizer, calibrate, is_qat, prepare_qat
     from ssd_mnv1.quantization.calibration import calibration_images
     from ssd_mnv1.training import QuantizationAwareTraining, render_scene
 
@@ -199,14 +265,18 @@ def test_qat_callback_calibrates_on_the_exporters_images_and_keeps_ranges_frozen
     expected = calibrate(prepare_qat(copy.deepcopy(module.model)), [images])
     seen = []
 
+    def _ranges(model):
+        return {k: (q.min_val.item(), q.max_val.item()) for k, q in model.named_modules()
+                if isinstance(q, ActivationQuantizer)}
+
     class Ranges(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, *args):
-            seen.append({k: (q.min_val.item(), q.max_val.item()) for k, q in pl_module.model.q.items()})
+            seen.append(_ranges(pl_module.model))
 
     qat = QuantizationAwareTraining(calibration_images=str(calib), calibration_count=4, freeze_ranges=True,
                                     distillation_weight=1.0)
     _trainer(tmp_path, max_steps=3, callbacks=[qat, Ranges()], enable_checkpointing=False, limit_val_batches=0
              ).fit(module, datamodule=_tiny_data())
-    assert getattr(module.model, "is_qat", False) and module.teacher is not None
-    want = {k: (q.min_val.item(), q.max_val.item()) for k, q in expected.q.items()}
+    assert is_qat(module.model) and module.teacher is not None
+    want = _ranges(expected)
     assert seen[0] == seen[-1] == want

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from keras_writer import write_keras_h5
-from ssd_mnv1 import KerasImportError, build_model, load_keras_h5
+from ssd_mnv1 import KerasImportError, build_model
+from ssd_mnv1.weights import load_keras_h5
 from ssd_mnv1.checkpoint import load_checkpoint
 
 
@@ -36,7 +37,7 @@ def test_detector_h5_round_trips_and_the_model_is_built_from_the_file(tmp_path, 
     src = _randomized(build_model(input_size=size))
     path = write_keras_h5(src, tmp_path / "det.h5")
     loaded = load_keras_h5(path)
-    assert loaded.hparams() == src.hparams()
+    assert loaded.architecture() == src.architecture()
     for a, b in zip(_outputs(src, size), _outputs(loaded, size)):
         assert torch.equal(a, b)
 
@@ -127,4 +128,4 @@ def test_convert_command_reports_a_missing_file_without_traceback(tmp_path):
     res = subprocess.run([sys.executable, "-m", "ssd_mnv1.convert", str(tmp_path / "nope.h5"), str(tmp_path / "o.ckpt")],
                          capture_output=True, text=True)
     assert res.returncode == 2
-    assert "nope.h5: no such file" in res.stderr and "Traceback" not in res.stderr
+    assert "nope.h5: no such model file" in res.stderr and "Traceback" not in res.stderr

@@ -16,25 +16,22 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import DATA, REFERENCE, st_h5
+from ssd_mnv1.zoo import st_files
 
 IMAGES = 200
-VAL = DATA / "coco2017_person_val"
 TOLERANCE = 0.05  # ST-AP points (percent)
 
 
 @pytest.fixture(scope="module")
-def val_dataset():
-    if not (VAL / "annotations.json").is_file():
-        pytest.skip(f"{VAL} not present")
+def val_dataset(coco_person_val):
     from ssd_mnv1.data import open_dataset
 
-    return open_dataset(VAL)
+    return open_dataset(coco_person_val)
 
 
 @pytest.fixture
-def h5(size):
-    path = st_h5(REFERENCE, size)
+def h5(reference_dir, size):
+    path = st_files(reference_dir, size).h5
     if not path.is_file():
         pytest.skip(f"ST reference file {path} not present")
     return path

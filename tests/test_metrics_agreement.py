@@ -1,14 +1,16 @@
 """Box-for-box detection agreement between two models (the export ledger's parity measure)."""
 
-import numpy as np
 import pytest
+import torch
 
 from ssd_mnv1.metrics import detection_agreement
+from ssd_mnv1.postprocess import Detections
 
 
-def _img(boxes, scores, labels=None):
-    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    return boxes, np.asarray(scores, np.float32), np.ones(len(boxes), np.int64) if labels is None else np.asarray(labels)
+def _img(boxes, scores, labels=None) -> Detections:
+    boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    labels = torch.ones(len(boxes), dtype=torch.int64) if labels is None else torch.tensor(labels)
+    return Detections(boxes, torch.tensor(scores, dtype=torch.float32), labels)
 
 
 def test_identical_detections_agree_fully_and_empty_images_count_as_agreeing():

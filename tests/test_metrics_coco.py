@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from conftest import DATA
 from ssd_mnv1.metrics import coco_metrics
+from ssd_mnv1.postprocess import Detections
 
 KEYS = {"AP", "AP50", "AP75", "APs", "APm", "APl"}
 
@@ -44,11 +45,16 @@ def _synthetic():
     ]
 
 
+def _det(boxes, scores, labels) -> Detections:
+    return Detections(torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),
+                      torch.as_tensor(np.asarray(scores, np.float32)), torch.as_tensor(np.asarray(labels, np.int64)))
+
+
 def _gt_as_detections(records):
     out = {}
     for r in records:
         keep = ~r.iscrowd
-        out[r.image_id] = (r.boxes[keep], np.ones(int(keep.sum()), np.float32), r.labels[keep])
+        out[r.image_id] = _det(r.boxes[keep], np.ones(int(keep.sum())), r.labels[keep])
     return out
 
 
@@ -64,23 +70,23 @@ def test_a_detection_on_a_crowd_region_is_not_a_false_positive():
     records = _synthetic()
     dets = _gt_as_detections(records)
     crowd = records[1].boxes[2:3]
-    boxes, scores, labels = dets[12]
-    dets[12] = (np.concatenate([crowd, boxes]), np.concatenate([[2.0], scores]), np.concatenate([[1], labels]))
+    boxes, scores, labels = dets[12].numpy()
+    dets[12] = _det(np.concatenate([crowd, boxes]), np.concatenate([[2.0], scores]), np.concatenate([[1], labels]))
     assert coco_metrics(records, dets)["AP"] == pytest.approx(1.0)
     # the same box on an image without a crowd region is an FP ranked first
-    boxes, scores, labels = dets[13]
-    dets[13] = (np.concatenate([[[0.0, 0.0, 0.5, 0.5]], boxes]), np.concatenate([[2.0], scores]),
-                np.concatenate([[1], labels]))
+    boxes, scores, labels = dets[13].numpy()
+    dets[13] = _det(np.concatenate([[[0.0, 0.0, 0.5, 0.5]], boxes]), np.concatenate([[2.0], scores]),
+                    np.concatenate([[1], labels]))
     assert coco_metrics(records, dets)["AP"] < 1.0
 
 
 def test_an_image_without_ground_truth_only_counts_through_its_detections():
     records = _synthetic() + [_record(14, 300, 200, np.zeros((0, 4)))]
     dets = _gt_as_detections(records)
-    assert len(dets[14][0]) == 0
+    assert len(dets[14]) == 0
     assert coco_metrics(records, dets)["AP"] == pytest.approx(1.0)
     # a confident box on the empty image is a false positive ranked first
-    dets[14] = (np.array([[0.1, 0.1, 0.6, 0.6]], np.float32), np.array([2.0]), np.array([1]))
+    dets[14] = _det([[0.1, 0.1, 0.6, 0.6]], [2.0], [1])
     assert coco_metrics(records, dets)["AP"] < 1.0
 
 
@@ -88,7 +94,7 @@ def test_only_the_top_max_detections_per_image_count():
     rec = _record(1, 200, 100, [[20, 20, 60, 80]])
     fps = np.array([[0.6, 0.1, 0.7, 0.2], [0.7, 0.1, 0.8, 0.2], [0.8, 0.1, 0.9, 0.2]], np.float32)
     boxes = np.concatenate([fps, rec.boxes])
-    dets = {1: (boxes, np.array([0.9, 0.8, 0.7, 0.6], np.float32), np.ones(4, np.int64))}
+    dets = {1: _det(boxes, [0.9, 0.8, 0.7, 0.6], np.ones(4))}
     assert coco_metrics([rec], dets, max_detections=3)["AP"] == 0.0  # the true box is 4th
     full = coco_metrics([rec], dets)["AP"]
     assert 0.0 < full < 1.0
@@ -101,7 +107,7 @@ def test_images_without_detections_count_as_misses_and_unknown_images_are_reject
     assert coco_metrics(records, dets)["AP"] < 1.0
     assert coco_metrics(records, {})["AP"] == 0.0
     with pytest.raises(ValueError, match="not in the records"):
-        coco_metrics(records, {999: (np.zeros((1, 4)), np.ones(1), np.ones(1, np.int64))})
+        coco_metrics(records, {999: _det(np.zeros((1, 4)), np.ones(1), np.ones(1))})
 
 
 def _coco_person_val_records(root: Path):
@@ -121,11 +127,8 @@ def _coco_person_val_records(root: Path):
     return records
 
 
-def test_coco_person_val_ground_truth_fed_back_scores_one():
-    root = DATA / "coco2017_person_val"
-    if not (root / "annotations.json").is_file():
-        pytest.skip(f"{root} not present")
-    records = _coco_person_val_records(root)
+def test_coco_person_val_ground_truth_fed_back_scores_one(coco_person_val):
+    records = _coco_person_val_records(coco_person_val)
     res = coco_metrics(records, _gt_as_detections(records))
     for key in KEYS:
         assert res[key] == pytest.approx(1.0, abs=1e-9), key

@@ -9,7 +9,9 @@ from PIL import Image
 
 from ssd_mnv1 import build_model
 from ssd_mnv1.checkpoint import save_checkpoint
-from ssd_mnv1.footprint import count_macs
+from ssd_mnv1.footprint import count_macs, tflite_architecture
+from ssd_mnv1.footprint import main as footprint_main
+from ssd_mnv1.zoo import st_files
 
 
 @pytest.fixture()
@@ -62,3 +64,53 @@ def test_footprint_reports_size_memory_and_st_figures(tiny_ckpt):
     assert "| parameters | 426,674" in out
     assert "peak activation memory" in out and "int8 TFLite size" in out
     assert "STM32H747 @400 MHz ms | 149.18" in out
+
+
+def _tflite_outline(path, stem_channels: int, num_classes: int, size: int = 192):
+    """A .tflite with only a detector's outline: a first convolution with ``stem_channels`` outputs
+    and three outputs, scores (background + classes wide), offsets and anchors (4 wide)."""
+    import tensorflow as tf
+
+    w = tf.constant(0.1, shape=[3, 3, 3, stem_channels])
+
+    @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32)])
+    def outline(x):
+        v = tf.reduce_mean(tf.nn.conv2d(x, w, 2, "SAME"), axis=[1, 2])[:, None, :1]
+        return tf.tile(v, [1, 10, num_classes + 1]), tf.tile(v, [1, 10, 4]), tf.tile(v, [1, 10, 4]) + 1
+
+    path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([outline.get_concrete_function()],
+                                                                      outline).convert())
+    return path
+
+
+@pytest.fixture(scope="module")
+def outlines(tmp_path_factory):
+    pytest.importorskip("tensorflow", reason="reading .tflite files needs the export extra")
+    root = tmp_path_factory.mktemp("outlines")
+    return {(stem, classes): _tflite_outline(root / f"{stem}_{classes}.tflite", stem, classes)
+            for stem, classes in ((16, 1), (32, 3), (12, 1))}
+
+
+@pytest.mark.parametrize("stem,classes,alpha", [(16, 1, 0.5), (32, 3, 1.0)])
+def test_tflite_architecture_is_read_from_the_file(outlines, stem, classes, alpha):
+    assert tflite_architecture(outlines[stem, classes]) == {"alpha": alpha, "input_size": 192, "num_classes": classes}
+
+
+def test_tflite_of_no_mobilenet_width_is_refused(outlines):
+    with pytest.raises(ValueError, match="first convolution has 12 output channels"):
+        tflite_architecture(outlines[12, 1])
+
+
+def test_footprint_macs_of_a_tflite_follow_its_width(outlines, capsys):
+    assert footprint_main([str(outlines[16, 1]), "--runs", "1"]) == 0
+    macs = count_macs(build_model(alpha=0.5, input_size=192), 192)
+    assert macs > 1.5 * count_macs(build_model(alpha=0.25, input_size=192), 192)
+    assert f"| MACs per inference | {macs / 1e6:.1f} M |" in capsys.readouterr().out
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("size", [192, 224, 256])
+def test_st_int8_files_read_as_alpha_quarter_person_detectors(reference_dir, size):
+    pytest.importorskip("tensorflow", reason="reading .tflite files needs the export extra")
+    assert tflite_architecture(st_files(reference_dir, size).int8_tflite) == {
+        "alpha": 0.25, "input_size": size, "num_classes": 1}

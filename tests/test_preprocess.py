@@ -65,7 +65,6 @@ def test_resize_of_tf_decoded_test_image_equals_st_stored_input_exactly(referenc
     """With ST's JPEG decoder (TF, fast IDCT) our resize gives ST's stored input bit for bit; PIL's
     accurate IDCT changes ~70 % of pixels by up to 16 levels (mean 1.5), which is all that differs."""
     pytest.importorskip("tensorflow")
-    from ssd_mnv1.evaluate import decode_tf
 
     ref = np.load(reference_dir / "test_vectors" / f"ref_outputs_{size}.npz")["input_uint8_hwc"]
-    assert np.array_equal(resize(decode_tf(reference_dir / "test_vectors" / "people_826x547.jpg"), size), ref)
+    assert np.array_equal(resize(load_image(reference_dir / "test_vectors" / "people_826x547.jpg", decoder="tf"), size), ref)

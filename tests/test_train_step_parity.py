@@ -9,17 +9,22 @@ does not pass through the chain of training-mode BN layers is held to the issue'
 
 from __future__ import annotations
 
+import importlib
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, st_h5
 from ssd_mnv1.anchors import generate_anchors
+from ssd_mnv1.zoo import st_files
 
-sys.path.insert(0, str(REPO / "bench"))
-import train_step_parity  # noqa: E402
+
+@pytest.fixture(scope="module")
+def train_step_parity():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    return importlib.import_module("train_step_parity")
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +42,8 @@ def test_float64_anchors_are_st_matcher_anchors_bit_for_bit(train_step_dir, size
 
 
 @pytest.mark.parametrize("size", [192, 224])
-def test_trainer_step_matches_st_keras_step(reference_dir, train_step_dir, size):
-    r = train_step_parity.run(train_step_dir / f"batchA_{size}.npz", st_h5(reference_dir, size))
+def test_trainer_step_matches_st_keras_step(reference_dir, train_step_dir, train_step_parity, size):
+    r = train_step_parity.run(train_step_dir / f"batchA_{size}.npz", st_files(reference_dir, size).h5)
     assert r["positives_equal"] and r["n_positive_ours"] == r["n_positive_st"]
     assert r["max_abs_target_offset_diff"] <= 1e-6
     for part in ("total", "cls", "loc", "reg"):

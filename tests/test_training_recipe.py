@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ssd_mnv1.metrics import STAPEvaluator
+from ssd_mnv1.postprocess import Detections
 from ssd_mnv1.training import (NO_AUGMENTATION, Augmentation, DetectionCollate, DetectionSamples,
                                SSDLightningModule, SyntheticPersons, hard_negative_mining_loss,
                                match_anchors, softmax_focal_loss, ssd_loss)
@@ -215,14 +216,19 @@ def test_rank_states_merge_to_the_single_process_evaluator_despite_padding():
         gt = np.concatenate([gt, gt + 0.3], 1)
         det = np.clip(gt + rng.normal(0, 0.05, gt.shape), 0, 1)
         images.append((i, det, rng.uniform(0, 1, 2).round(1), gt))  # rounded scores: ties happen
+    def add(evaluator, i):
+        _, det, scores, gt = images[i]
+        dets = Detections(torch.as_tensor(det), torch.as_tensor(scores), torch.ones(2, dtype=torch.long))
+        evaluator.update([dets], [gt], [[1, 1]], [i])
+
     single = STAPEvaluator(192)
     ranks = [STAPEvaluator(192), STAPEvaluator(192)]
-    for i, det, scores, gt in images:
-        single.add(i, det, scores, [1, 1], gt, [1, 1])
+    for i in range(len(images)):
+        add(single, i)
     for r, idx in enumerate([[0, 2, 4, 6], [1, 3, 5, 0]]):  # DistributedSampler pads rank 1 with image 0
         for i in idx:
-            _, det, scores, gt = images[i]
-            ranks[r].add(i, det, scores, [1, 1], gt, [1, 1])
-    merged = STAPEvaluator.from_states([ranks[1].state(), ranks[0].state()], order_by_id=True)
-    assert merged.compute().ap == single.compute().ap
-    assert len(merged) == 7
+            add(ranks[r], i)
+    ranks[1].merge_state(ranks[0])
+    merged = ranks[1].compute()
+    assert merged.ap == single.compute().ap
+    assert merged.num_images == 7

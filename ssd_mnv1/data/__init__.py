@@ -1,7 +1,6 @@
 """Datasets: COCO json and ST's YOLO-Darknet layout (readers), and the COCO -> person set builder."""
 
 from .datasets import (
-    IMAGE_EXTENSIONS,
     DetectionDataset,
     Record,
     image_size,
@@ -10,5 +9,5 @@ from .datasets import (
     read_yolo,
 )
 
-__all__ = ["IMAGE_EXTENSIONS", "DetectionDataset", "Record", "image_size", "open_dataset", "read_coco",
+__all__ = ["DetectionDataset", "Record", "image_size", "open_dataset", "read_coco",
            "read_yolo"]

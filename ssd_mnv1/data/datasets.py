@@ -41,9 +41,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..preprocess import image_error, load_image, pil_to_rgb
+from ..preprocess import IMAGE_SUFFIXES, image_error, is_image_file, load_image, pil_to_rgb
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 YOLO_TOLERANCE = 1e-6
 #: EXIF orientations that swap width and height (transpose, rotate 270, transverse, rotate 90).
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
@@ -356,7 +355,7 @@ def read_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike | None 
 
 
 def _is_image(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
+    return is_image_file(p) and p.is_file() and not p.name.startswith(".")
 
 
 def _yolo_pairs(root: Path) -> tuple[list[tuple[Path, Path]], list[Path]]:
@@ -433,7 +432,7 @@ def read_yolo(root: str | os.PathLike, class_names: Sequence[str] = ("person",),
     names = _check_class_names(class_names)
     pairs, orphans = _yolo_pairs(root)
     if not pairs:
-        raise ValueError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found for a YOLO dataset")
+        raise ValueError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) found for a YOLO dataset")
     skipped = {"no_boxes": 0, "no_label_file": 0, "orphan_label_file": len(orphans)}
     unlabelled: list[Path] = []
     records = []

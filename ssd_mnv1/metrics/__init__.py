@@ -3,7 +3,7 @@
 from .agreement import Agreement, detection_agreement
 from .coco import coco_metrics
 from .plots import save_pr_curve
-from .st_ap import NMS_BACKENDS, VARIANTS, STAPEvaluator, STAPResult, average_precision, st_detections
+from .st_ap import VARIANTS, STAPEvaluator, STAPResult, average_precision
 
-__all__ = ["Agreement", "NMS_BACKENDS", "STAPEvaluator", "STAPResult", "VARIANTS", "average_precision",
-           "coco_metrics", "detection_agreement", "save_pr_curve", "st_detections"]
+__all__ = ["Agreement", "STAPEvaluator", "STAPResult", "VARIANTS", "average_precision", "coco_metrics",
+           "detection_agreement", "save_pr_curve"]

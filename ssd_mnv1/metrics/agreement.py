@@ -9,11 +9,14 @@ nothing, not even themselves, and no user can act on them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torchvision.ops import box_iou
+
+from ..postprocess import Detections
 
 
 @dataclass
@@ -47,17 +50,18 @@ def match_count(boxes_a, scores_a, boxes_b, iou_threshold: float = 0.5) -> int:
     return matched
 
 
-def detection_agreement(dets_a: list, dets_b: list, iou_threshold: float = 0.5) -> Agreement:
-    """Agreement over images; each list holds ``(boxes, scores, labels)`` per image, same order.
+def detection_agreement(dets_a: Sequence[Detections], dets_b: Sequence[Detections],
+                        iou_threshold: float = 0.5) -> Agreement:
+    """Agreement over images; each list holds the detections of the same images, in the same order.
 
     Boxes are only paired within the same class.
     """
     if len(dets_a) != len(dets_b):
         raise ValueError(f"detection lists cover {len(dets_a)} and {len(dets_b)} images")
     matched = n_a = n_b = 0
-    for (ba, sa, la), (bb, sb, lb) in zip(dets_a, dets_b):
-        ba, sa, la = _with_area(ba, sa, la)
-        bb, sb, lb = _with_area(bb, sb, lb)
+    for det_a, det_b in zip(dets_a, dets_b):
+        ba, sa, la = _with_area(*det_a.numpy())
+        bb, sb, lb = _with_area(*det_b.numpy())
         for c in np.union1d(la, lb):
             ia, ib = la == c, lb == c
             matched += match_count(ba[ia], sa[ia], bb[ib], iou_threshold)

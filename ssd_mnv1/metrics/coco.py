@@ -11,6 +11,8 @@ import io
 
 import numpy as np
 
+from ..postprocess import Detections
+
 KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
@@ -36,17 +38,16 @@ def _gt_dataset(records) -> dict:
             "categories": [{"id": c, "name": "person" if c == 1 else str(c)} for c in sorted(cats)]}
 
 
-def _detection_list(records, detections: dict, max_detections: int) -> list[dict]:
+def _detection_list(records, detections: dict[int, Detections], max_detections: int) -> list[dict]:
     sizes = {int(r.image_id): (float(r.width), float(r.height)) for r in records}
     unknown = sorted(set(int(k) for k in detections) - set(sizes))
     if unknown:
         raise ValueError(f"detections for {len(unknown)} image(s) not in the records, e.g. {unknown[:5]}")
     out = []
-    for image_id, (boxes, scores, labels) in detections.items():
+    for image_id, det in detections.items():
         w, h = sizes[int(image_id)]
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        labels = np.asarray(labels).reshape(-1)
+        boxes, scores, labels = det.numpy()
+        boxes, scores = boxes.astype(np.float64), scores.astype(np.float64)
         order = np.argsort(-scores, kind="stable")[:max_detections]
         px = boxes[order] * (w, h, w, h)
         for (x1, y1, x2, y2), s, c in zip(px.tolist(), scores[order].tolist(), labels[order].tolist()):
@@ -65,12 +66,12 @@ def _summarize(precision: np.ndarray, iou_thrs: np.ndarray, iou: float | None, a
     return float(np.mean(valid)) if valid.size else float("nan")
 
 
-def coco_metrics(records, detections: dict, max_detections: int = 100) -> dict:
+def coco_metrics(records, detections: dict[int, Detections], max_detections: int = 100) -> dict:
     """COCO AP@[.5:.95], AP50, AP75, APs, APm, APl (0..1) with pycocotools' COCOeval.
 
     ``records``: objects with ``image_id, width, height, boxes`` (normalized xyxy), ``labels``
     (category ids), ``iscrowd`` and ``areas`` (pixel area used for the size split).
-    ``detections``: ``{image_id: (boxes_norm (D, 4), scores (D,), labels (D,))}``; the top
+    ``detections``: ``{image_id: Detections}`` (normalized boxes, 1-based labels); the top
     ``max_detections`` per image by score are kept and mapped to original pixels in float.
     ``params.imgIds`` = the records' ids (images without detections count as misses).
     A value is NaN where COCOeval has nothing to average (pycocotools prints -1); all values are

@@ -11,22 +11,19 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+from ..preprocess import IMAGE_SUFFIXES, is_image_file, load_image, normalize, resize
 
 
 def calibration_images(source: str | os.PathLike, size: int, count: int = 100, seed: int = 0,
                        option: str = "--calib") -> list[np.ndarray]:
     """Up to ``count`` images from a folder (searched recursively), shuffled with ``seed``,
     preprocessed as ST's representative dataset: nearest resize, x/127.5 - 1, NHWC float32 (1,S,S,3)."""
-    from ..preprocess import load_image, resize
-
     source = Path(source)
     if not source.is_dir():
         raise NotADirectoryError(f"{option} {source}: no such folder")
-    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in source.rglob("*") if is_image_file(p))
     if not files:
         raise ValueError(f"{option} {source}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     rng = np.random.default_rng(seed)
     picked = [files[i] for i in rng.permutation(len(files))[:count]]
-    return [resize(load_image(p), size).astype(np.float32)[None] / np.float32(127.5) - np.float32(1.0)
-            for p in picked]
+    return [normalize(resize(load_image(p), size))[None] for p in picked]

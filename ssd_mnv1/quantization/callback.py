@@ -8,7 +8,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from .qat import QATDetector, calibrate, prepare_qat
+from .qat import calibrate, is_qat, prepare_qat, set_observer
 
 
 def _images_of(batch) -> torch.Tensor:
@@ -20,7 +20,7 @@ def _images_of(batch) -> torch.Tensor:
 
 
 class QuantizationAwareTraining(pl.Callback):
-    """Wrap ``pl_module.model`` in :class:`QATDetector` before training starts.
+    """Prepare ``pl_module.model`` for quantization-aware training (:func:`prepare_qat`) before training starts.
 
     * ``calibration_images`` (a folder; ``calibration_count`` images picked with
       ``calibration_seed``): initialise the activation ranges with TFLite's min/max rule on exactly
@@ -53,7 +53,7 @@ class QuantizationAwareTraining(pl.Callback):
         self._calibration: list[torch.Tensor] | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if isinstance(pl_module.model, QATDetector):
+        if is_qat(pl_module.model):
             return
         if self.distillation_weight > 0:
             teacher = copy.deepcopy(pl_module.model).eval()
@@ -69,7 +69,7 @@ class QuantizationAwareTraining(pl.Callback):
             if batches:
                 calibrate(pl_module.model, batches)
         if self.freeze_ranges:
-            pl_module.model.set_observer("ema", observe=False)
+            set_observer(pl_module.model, "ema", observe=False)
         if self.calibrate_only:
             trainer.should_stop = True
 
@@ -78,7 +78,7 @@ class QuantizationAwareTraining(pl.Callback):
             return
         if self.freeze_ranges and self.calibration_images is not None:
             calibrate(pl_module.model, self._calibration_batches(trainer, pl_module))
-            pl_module.model.set_observer("ema", observe=False)
+            set_observer(pl_module.model, "ema", observe=False)
 
     def _calibration_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[torch.Tensor]:
         if self.calibration_images is not None:

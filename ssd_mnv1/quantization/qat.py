@@ -15,24 +15,24 @@ straight-through gradients):
   path): the network sees (p - 127)/127.5, half a step above p/127.5 - 1.
 * The softmax output is fixed at scale 1/256, zp -128; outputs are dequantized to float.
 
-:meth:`QATDetector.to_float` returns a plain :class:`SSDMobileNetV1` whose weights lie on the int8
-grid and whose BN is the identity, so the TFLite converter re-derives the same weight scales.
+The QAT model is the float :class:`SSDMobileNetV1` itself with its quantization slots filled
+(:func:`prepare_qat`), so both run the same forward and ST's quirks live once, in the model.
+:func:`to_float` returns a float model whose weights lie on the int8 grid and whose BN is the
+identity, so the TFLite converter re-derives the same weight scales.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import ConvBN
-from ..head import flatten_nhwc
 from ..model import SSDMobileNetV1
+from ..preprocess import INPUT_SCALE, INPUT_ZERO_POINT
 
-INPUT_SCALE = 1.0 / 127.5
-INPUT_ZERO_POINT = 127
 OBSERVERS = ("ema", "minmax")
 
 
@@ -86,184 +86,153 @@ class ActivationQuantizer(nn.Module):
         return torch.fake_quantize_per_tensor_affine(x, scale, zp, -128, 127)
 
 
-def folded_conv_params(m: ConvBN) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights and bias of ``m.conv`` with ``m.bn`` (running statistics) folded in."""
-    bn = m.bn
-    gain = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    weight = m.conv.weight * gain.reshape(-1, 1, 1, 1)
-    bias = bn.bias - bn.running_mean * gain
-    if m.conv.bias is not None:
-        bias = bias + m.conv.bias * gain
-    return weight, bias
-
-
-def quantize_weight(weight: torch.Tensor) -> torch.Tensor:
+class WeightQuantizer(nn.Module):
     """Per-output-channel symmetric int8 fake quantization ([-127, 127], TFLite's weight range)."""
-    scale = weight.detach().abs().amax(dim=(1, 2, 3)).clamp(min=1e-12) / 127.0
-    zero_point = torch.zeros_like(scale, dtype=torch.int32)
-    return torch.fake_quantize_per_channel_affine(weight, scale.float(), zero_point, 0, -127, 127)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        scale = weight.detach().abs().amax(dim=(1, 2, 3)).clamp(min=1e-12) / 127.0
+        zero_point = torch.zeros_like(scale, dtype=torch.int32)
+        return torch.fake_quantize_per_channel_affine(weight, scale.float(), zero_point, 0, -127, 127)
 
 
-def qconv(m: ConvBN, x: torch.Tensor, out_q: ActivationQuantizer | None) -> torch.Tensor:
-    """A ConvBN as TFLite runs it: folded, int8 weights, fused ReLU6, quantized output."""
-    weight, bias = folded_conv_params(m)
-    if m.stride == 2:
-        x = F.pad(x, (0, 1, 0, 1))
-    c = m.conv
-    y = F.conv2d(x, quantize_weight(weight), bias, c.stride, c.padding, c.dilation, c.groups)
-    if isinstance(m.act, nn.ReLU6):
-        y = F.relu6(y)
-    return out_q(y) if out_q is not None else y
+class InputQuantizer(nn.Module):
+    """The device's uint8 input: pixel p has real value (p - 127)/127.5; the model gets p/127.5 - 1.
 
+    The forward value is the device's (half a step above), the gradient passes straight through.
+    """
 
-class QATDetector(nn.Module):
-    """Fake-quantized ST detector with the same interface as :class:`SSDMobileNetV1`."""
-
-    is_qat = True
-
-    def __init__(self, model: SSDMobileNetV1):
-        super().__init__()
-        self.model = model
-        self.spec, self.input_size, self.num_classes = model.spec, model.input_size, model.num_classes
-        n_lat = len(model.neck.lateral)
-
-        def relu6():
-            return ActivationQuantizer(bounds=(0.0, 6.0))
-
-        self.q = nn.ModuleDict({
-            "conv1": relu6(),
-            **{f"b{i}_{p}": relu6() for i in range(len(model.backbone.blocks)) for p in ("dw", "pw")},
-            **{f"e{i}_{p}": relu6() for i in range(len(model.neck.extras.blocks)) for p in ("dw", "pw")},
-            **{f"lat{i}": ActivationQuantizer() for i in range(n_lat)},
-            **{f"add{i}": ActivationQuantizer() for i in range(n_lat)},
-            "gap": ActivationQuantizer(), "top": ActivationQuantizer(),
-            **{f"{kind}{i}": ActivationQuantizer() for i in range(len(model.head.cls)) for kind in ("cls", "box")},
-            "logits": ActivationQuantizer(), "offsets": ActivationQuantizer(),
-            "scores": ActivationQuantizer((0.0, 255.0 / 256.0)),
-        })
-
-    # --- interface shared with SSDMobileNetV1 ---------------------------------------------------
-    @property
-    def anchors(self) -> torch.Tensor:
-        return self.model.anchors
-
-    @property
-    def num_anchors(self) -> int:
-        return self.model.num_anchors
-
-    @property
-    def backbone(self):
-        return self.model.backbone
-
-    @property
-    def neck(self):
-        return self.model.neck
-
-    @property
-    def head(self):
-        return self.model.head
-
-    def hparams(self) -> dict:
-        return {**self.model.hparams(), "qat": True}
-
-    def set_observer(self, observer: str = "ema", observe: bool = True) -> "QATDetector":
-        """``ema`` while training, ``minmax`` for calibration (TFLite's rule); ``observe=False`` freezes."""
-        if observer not in OBSERVERS:
-            raise ValueError(f"observer must be one of {OBSERVERS}, got {observer!r}")
-        for q in self.q.values():
-            q.observer, q.observe = observer, observe
-        return self
-
-    def reset_ranges(self) -> None:
-        for q in self.q.values():
-            if not q.fixed:
-                q.min_val.fill_(float("inf"))
-                q.max_val.fill_(float("-inf"))
-
-    # --- forward -----------------------------------------------------------------------------------
-    def forward_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q, m = self.q, self.model
-        # Device input: uint8 p with real value (p - 127)/127.5; x here is p/127.5 - 1.
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         pixels = torch.clamp(torch.round((x + 1.0) * 127.5), 0, 255)
-        x = x + ((pixels - INPUT_ZERO_POINT) * INPUT_SCALE - x).detach()
-        x = qconv(m.backbone.conv1, x, q["conv1"])
-        feats = []
-        for i, block in enumerate(m.backbone.blocks):
-            x = qconv(block.dw, x, q[f"b{i}_dw"])
-            x = qconv(block.pw, x, q[f"b{i}_pw"])
-            if i + 1 in (5, 11, 13):
-                feats.append(x)
-        spec = m.spec
-        taps = [F.pad(f, p) if any(p) else f for f, p in zip(feats, spec.lateral_pads)]
-        x = taps[-1]
-        for i, block in enumerate(m.neck.extras.blocks):
-            x = qconv(block.dw, x, q[f"e{i}_dw"])
-            x = qconv(block.pw, x, q[f"e{i}_pw"])
-            if i % 2 == 1:
-                taps.append(x)
-        p = qconv(m.neck.top, q["gap"](taps[-1].mean(dim=(2, 3), keepdim=True)), q["top"])
-        pyramid = [p]
-        n = len(m.neck.lateral)
-        for i in reversed(range(n)):
-            up = F.interpolate(p, scale_factor=2, mode="bilinear", align_corners=False)
-            if i == n - 1 and any(spec.top_up_pad):
-                up = F.pad(up, spec.top_up_pad)
-            p = q[f"add{i}"](qconv(m.neck.lateral[i], taps[i], q[f"lat{i}"]) + up)
-            pyramid.append(p)
-        pyramid = pyramid[::-1]
-        head = m.head
-        # Each level's head conv has its own int8 output range; the concatenation requantizes them
-        # to one shared range (TFLite rounds twice here, so the simulation does too).
-        logits = torch.cat([flatten_nhwc(qconv(c, f, q[f"cls{i}"]), head.num_outputs)
-                            for i, (c, f) in enumerate(zip(head.cls, pyramid))], 1)
-        offsets = torch.cat([flatten_nhwc(qconv(b, f, q[f"box{i}"]), 4)
-                             for i, (b, f) in enumerate(zip(head.box, pyramid))], 1)
-        return q["logits"](logits), q["offsets"](offsets)
-
-    def forward(self, x: torch.Tensor):
-        logits, offsets = self.forward_logits(x)
-        scores = self.q["scores"](logits.softmax(dim=-1))
-        return scores, offsets, self.model.anchors.unsqueeze(0).expand(x.shape[0], -1, -1)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        # BN statistics stay frozen (folded with running stats, as TFLite will).
-        for module in self.model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.eval()
-        return self
-
-    # --- export ----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def to_float(self) -> SSDMobileNetV1:
-        """A float model with folded, int8-grid weights and identity BN, for the TFLite converter."""
-        out = copy.deepcopy(self.model).eval()
-        for module in out.modules():
-            if isinstance(module, ConvBN):
-                weight, bias = folded_conv_params(module)
-                module.conv.weight.copy_(quantize_weight(weight))
-                if module.conv.bias is not None:
-                    module.conv.bias.zero_()
-                bn = module.bn
-                bn.weight.fill_(1.0)
-                bn.bias.copy_(bias)
-                bn.running_mean.zero_()
-                bn.running_var.fill_(1.0 - bn.eps)  # var + eps == 1.0 exactly in float32
-        return out
+        return x + ((pixels - INPUT_ZERO_POINT) * INPUT_SCALE - x).detach()
 
 
-def prepare_qat(model: SSDMobileNetV1) -> QATDetector:
-    """Wrap a float detector for quantization-aware fine-tuning (a no-op if it is already wrapped)."""
-    return model if isinstance(model, QATDetector) else QATDetector(model)
+def is_qat(model: nn.Module) -> bool:
+    """Whether ``model`` is a detector prepared for quantization-aware training."""
+    return isinstance(model, SSDMobileNetV1) and model.qat
+
+
+def prepare_qat(model: SSDMobileNetV1, inplace: bool = False) -> SSDMobileNetV1:
+    """``model`` (a copy unless ``inplace``, as torch.ao's ``prepare_qat``) with its quantization
+    slots filled; a model already prepared is returned as it is.
+
+    Every conv block folds its BN and gets int8 weights and an int8 output (ReLU6 outputs start
+    at, and stay within, [0, 6]); the neck's pooled input and sums, the heads' concatenations and
+    the softmax (fixed 1/256 scale, TFLite's) get output quantizers.
+    """
+    if not isinstance(model, SSDMobileNetV1):
+        raise TypeError(f"prepare_qat expects an SSDMobileNetV1, got {type(model).__name__}")
+    if model.qat:
+        return model
+    if not inplace:
+        model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, ConvBN):
+            m.weight_quant = WeightQuantizer()
+            relu6 = isinstance(m.act, nn.ReLU6)
+            m.output_quant = ActivationQuantizer(bounds=(0.0, 6.0) if relu6 else None)
+    model.neck.gap_quant = ActivationQuantizer()
+    model.neck.add_quant = nn.ModuleList(ActivationQuantizer() for _ in model.neck.lateral)
+    model.head.cls_quant = ActivationQuantizer()
+    model.head.box_quant = ActivationQuantizer()
+    model.input_quant = InputQuantizer()
+    model.scores_quant = ActivationQuantizer(fixed_range=(0.0, 255.0 / 256.0))
+    model.qat = True
+    device = next(model.parameters()).device
+    return model.to(device).train(model.training)
+
+
+def activation_quantizers(model: nn.Module) -> list[ActivationQuantizer]:
+    return [m for m in model.modules() if isinstance(m, ActivationQuantizer)]
+
+
+def set_observer(model: nn.Module, observer: str = "ema", observe: bool = True) -> nn.Module:
+    """``ema`` while training, ``minmax`` for calibration (TFLite's rule); ``observe=False`` freezes."""
+    if observer not in OBSERVERS:
+        raise ValueError(f"observer must be one of {OBSERVERS}, got {observer!r}")
+    for q in activation_quantizers(model):
+        q.observer, q.observe = observer, observe
+    return model
+
+
+def reset_ranges(model: nn.Module) -> None:
+    for q in activation_quantizers(model):
+        if not q.fixed:
+            q.min_val.fill_(float("inf"))
+            q.max_val.fill_(float("-inf"))
 
 
 @torch.no_grad()
-def calibrate(model: QATDetector, batches, observer: str = "minmax") -> QATDetector:
+def to_float(model: SSDMobileNetV1) -> SSDMobileNetV1:
+    """A float copy with folded, int8-grid weights, identity BN and empty quantization slots,
+    for the TFLite converter (which then re-derives the same weight scales)."""
+    if not is_qat(model):
+        raise ValueError("to_float expects a model prepared with prepare_qat")
+    out = copy.deepcopy(model).eval()
+    for module in out.modules():
+        if isinstance(module, ConvBN):
+            weight, bias = module.folded_weight_and_bias()
+            module.conv.weight.copy_(module.weight_quant(weight))
+            if module.conv.bias is not None:
+                module.conv.bias.zero_()
+            bn = module.bn
+            bn.weight.fill_(1.0)
+            bn.bias.copy_(bias)
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0 - bn.eps)  # var + eps == 1.0 exactly in float32
+            module.weight_quant, module.output_quant = None, nn.Identity()
+    out.neck.gap_quant = nn.Identity()
+    out.neck.add_quant = nn.ModuleList(nn.Identity() for _ in out.neck.lateral)
+    out.head.cls_quant, out.head.box_quant = nn.Identity(), nn.Identity()
+    out.input_quant, out.scores_quant = nn.Identity(), nn.Identity()
+    out.qat = False
+    return out
+
+
+@torch.no_grad()
+def calibrate(model: SSDMobileNetV1, batches, observer: str = "minmax") -> SSDMobileNetV1:
     """Set activation ranges from data (post-training calibration; TFLite's min/max rule)."""
     was_training = model.training
-    model.eval().set_observer(observer, observe=True)
-    model.reset_ranges()
+    model.eval()
+    set_observer(model, observer, observe=True)
+    reset_ranges(model)
     for x in batches:
         model(x)
-    model.set_observer("ema", observe=True)
+    set_observer(model, "ema", observe=True)
     return model.train(was_training)
+
+
+#: Old QAT checkpoints (a wrapper with the detector under ``model.`` and quantizers in a ``q``
+#: dict) -> the slot that holds each quantizer now.
+_LEGACY_QUANTIZERS = (
+    (r"conv1", "backbone.conv1.output_quant"),
+    (r"b(\d+)_(dw|pw)", r"backbone.blocks.\1.\2.output_quant"),
+    (r"e(\d+)_(dw|pw)", r"neck.extras.blocks.\1.\2.output_quant"),
+    (r"lat(\d+)", r"neck.lateral.\1.output_quant"),
+    (r"add(\d+)", r"neck.add_quant.\1"),
+    (r"gap", "neck.gap_quant"),
+    (r"top", "neck.top.output_quant"),
+    (r"cls(\d+)", r"head.cls.\1.output_quant"),
+    (r"box(\d+)", r"head.box.\1.output_quant"),
+    (r"logits", "head.cls_quant"),
+    (r"offsets", "head.box_quant"),
+    (r"scores", "scores_quant"),
+)
+
+
+def remap_legacy_qat_state(state: dict) -> dict:
+    """Rename an old QAT state dict's keys (``model.<float>``, ``q.<name>.min_val``) to today's."""
+    if not any(k.startswith("q.") for k in state):
+        return state
+    out = {}
+    for key, value in state.items():
+        if key.startswith("model."):
+            out[key[len("model."):]] = value
+            continue
+        name, _, leaf = key[len("q."):].rpartition(".")
+        for pattern, target in _LEGACY_QUANTIZERS:
+            if key.startswith("q.") and re.fullmatch(pattern, name):
+                out[f"{re.sub(pattern, target, name)}.{leaf}"] = value
+                break
+        else:
+            out[key] = value  # not a legacy key: let load_state_dict report it
+    return out

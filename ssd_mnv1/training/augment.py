@@ -305,35 +305,38 @@ class _ImageOnly(_Op):
     _transformed_types = (tv_tensors.Image,)
 
 
-class RandomMultiply(_ImageOnly):
-    """imgaug ``Multiply(range)``: one factor per image, LUT truncation to uint8."""
+class _UniformParameter(_ImageOnly):
+    """An op with one parameter per image, ``param``, drawn uniformly from ``value_range``."""
 
-    def __init__(self, factor: tuple[float, float]):
+    param = ""
+
+    def __init__(self, value_range: tuple[float, float]):
         super().__init__()
-        self.factor = tuple(factor)
+        self.value_range = tuple(value_range)
 
     def make_params(self, flat_inputs):
-        return {"factor": float(_uniform(*self.factor))}
+        return {self.param: float(_uniform(*self.value_range))}
+
+
+class _PerImageGain(_UniformParameter):
+    """A gain applied through a uint8 LUT (truncation)."""
+
+    param = "gain"
+    pivot = 0.0
 
     def image(self, img, p):
-        return _to_uint8(img.float() * torch.tensor(p["factor"], dtype=torch.float32), "floor")
+        gain = torch.tensor(p["gain"], dtype=torch.float32)
+        return _to_uint8(self.pivot + gain * (img.float() - self.pivot), "floor")
 
 
-class RandomLinearContrast(_ImageOnly):
-    """imgaug ``LinearContrast(range)``: ``127 + alpha (v - 127)``, LUT truncation to uint8."""
+class RandomMultiply(_PerImageGain):
+    """imgaug ``Multiply(range)``: ``v * factor``."""
+
+
+class RandomLinearContrast(_PerImageGain):
+    """imgaug ``LinearContrast(range)``: ``127 + alpha (v - 127)``."""
 
     pivot = 127.0
-
-    def __init__(self, alpha: tuple[float, float]):
-        super().__init__()
-        self.alpha = tuple(alpha)
-
-    def make_params(self, flat_inputs):
-        return {"alpha": float(_uniform(*self.alpha))}
-
-    def image(self, img, p):
-        a = torch.tensor(p["alpha"], dtype=torch.float32)
-        return _to_uint8(self.pivot + a * (img.float() - self.pivot), "floor")
 
 
 class RandomAdd(_ImageOnly):
@@ -361,17 +364,14 @@ def st_blur_kernel_size(sigma: float) -> int:
     return k + 1 if k % 2 == 0 else k
 
 
-class RandomGaussianBlur(_ImageOnly):
+class RandomGaussianBlur(_UniformParameter):
     """imgaug ``GaussianBlur(sigma=(0, max_sigma))``: cv2 Gaussian, reflect-101 borders."""
 
+    param = "sigma"
     eps = 1e-3
 
     def __init__(self, max_sigma: float):
-        super().__init__()
-        self.max_sigma = max_sigma
-
-    def make_params(self, flat_inputs):
-        return {"sigma": float(_uniform(0.0, self.max_sigma))}
+        super().__init__((0.0, max_sigma))
 
     def image(self, img, p):
         sigma = p["sigma"]
@@ -386,16 +386,14 @@ class RandomGaussianBlur(_ImageOnly):
         return v2.functional.gaussian_blur_image(img, kernel_size=[k, k], sigma=[sigma, sigma])
 
 
-class RandomGaussianNoise(_ImageOnly):
+class RandomGaussianNoise(_UniformParameter):
     """imgaug ``AdditiveGaussianNoise(scale=(0, max_std))``: std drawn per image, one HxW noise
     field shared by all channels, rounded to pixel levels."""
 
-    def __init__(self, max_std: float):
-        super().__init__()
-        self.max_std = max_std
+    param = "std"
 
-    def make_params(self, flat_inputs):
-        return {"std": float(_uniform(0.0, self.max_std))}
+    def __init__(self, max_std: float):
+        super().__init__((0.0, max_std))
 
     def image(self, img, p):
         noise = torch.randn(1, *img.shape[-2:]) * p["std"]

@@ -18,7 +18,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from torchvision import tv_tensors
 
-from ..preprocess import INTERPOLATIONS, normalize, resize
+from ..preprocess import INTERPOLATIONS, resize, to_tensor
 from .augment import Augmentation, OrderedBatchSampler, build_transforms
 
 
@@ -48,7 +48,7 @@ class DetectionSamples(Dataset):
         labels = torch.from_numpy(np.asarray(rec.labels, np.int64))
         dropped = 0
         if self.transforms is None:
-            tensor = normalize(pixels)
+            tensor = to_tensor(pixels)
         else:
             out = self.transforms({
                 "image": tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)),

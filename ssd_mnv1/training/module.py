@@ -16,8 +16,10 @@ import torch
 from torch import nn
 
 from ..anchors import generate_anchors
-from ..metrics import STAPEvaluator, st_detections
+from ..metrics import STAPEvaluator
+from ..loading import load_weights
 from ..model import build_model
+from ..postprocess import postprocess
 from .loss import l2_penalty, ssd_loss
 from .matcher import batch_anchor_targets
 from .optim import KerasAdam
@@ -25,28 +27,6 @@ from .optim import KerasAdam
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; the message names the batch's image files."""
-
-
-def load_initial_weights(model: nn.Module, path: str) -> None:
-    """Load an ST detector / Keras ImageNet .h5 (through the importer) or a project checkpoint."""
-    from pathlib import Path
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such weights file")
-    if p.suffix.lower() in (".h5", ".hdf5"):
-        from ..weights import load_keras_h5
-
-        load_keras_h5(p, model)
-        return
-    from ..checkpoint import load_checkpoint
-
-    source = load_checkpoint(p)
-    if getattr(source, "is_qat", False):
-        source = source.model  # start from the float weights under the fake quantizers
-    if source.hparams() != model.hparams():
-        raise ValueError(f"{p}: checkpoint is for {source.hparams()}, the model is {model.hparams()}")
-    model.load_state_dict(source.state_dict())
 
 
 def set_prior_probability(model: nn.Module, prior: float) -> None:
@@ -129,15 +109,16 @@ class SSDLightningModule(pl.LightningModule):
         if prior_probability is not None:
             set_prior_probability(self.model, prior_probability)
         if backbone_weights:
-            load_initial_weights(self.model, backbone_weights)
+            load_weights(self.model, backbone_weights)
         if weights:
-            load_initial_weights(self.model, weights)
+            load_weights(self.model, weights)
         # The matcher's anchors: ST's float64 values (the model's float32 ones break exact ties
         # differently). Not a buffer, so that no precision setting casts them.
         self._match_anchors = generate_anchors(self.model.spec, torch.float64)
         self.teacher: nn.Module | None = None  # set by the QAT callback for distillation
         self.distillation_weight = 0.0
-        self._val_evaluator: STAPEvaluator | None = None
+        # validation/test ST-AP; torchmetrics gathers its states over the ranks on compute()
+        self.val_metric = STAPEvaluator(self.model.input_size, self.hparams.val_variant)
 
     # ------------------------------------------------------------------------------------ model
     def forward(self, images: torch.Tensor):
@@ -210,50 +191,36 @@ class SSDLightningModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
-        self._val_evaluator = STAPEvaluator(self.model.input_size, self.hparams.val_variant)
+        self.val_metric.reset()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         scores, offsets, anchors = self.model(self._images(batch))
         labels, target_offsets = self.targets(batch)
         out = self._loss(scores.float(), offsets.float(), labels, target_offsets)
         self.log("val_loss", out.total, prog_bar=True, sync_dist=True, batch_size=scores.shape[0])
-        self.add_to_evaluator(self._val_evaluator, batch, scores, offsets, anchors)
+        self.update_st_ap(self.val_metric, batch, scores, offsets, anchors)
 
-    def add_to_evaluator(self, evaluator: STAPEvaluator, batch: dict, scores, offsets, anchors) -> None:
-        dets = st_detections(scores.detach().float().cpu(), offsets.detach().float().cpu(),
-                             anchors[:1].detach().float().cpu(), evaluator.variant)
-        for index, (boxes, det_scores, det_labels), gt, gt_labels in zip(
-                batch["indices"].tolist(), dets, batch["boxes"], batch["labels"]):
-            evaluator.add(index, boxes, det_scores, det_labels, gt.cpu().numpy(), gt_labels.cpu().numpy())
+    def update_st_ap(self, metric: STAPEvaluator, batch: dict, scores, offsets, anchors) -> None:
+        # dataset indices as image ids: score ties break in the single-process order on any number of ranks
+        dets = postprocess(scores, offsets, anchors[:1], variant=metric.variant)
+        metric.update(dets, batch["boxes"], batch["labels"], batch["indices"].tolist())
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking or self._val_evaluator is None:
+        if self.trainer.sanity_checking:
             return
-        self.log("val_st_ap", self.gathered_st_ap(self._val_evaluator), prog_bar=True, sync_dist=False)
-
-    def gathered_st_ap(self, evaluator: STAPEvaluator) -> float:
-        """ST-AP (percent) over the detections of all ranks."""
-        state = evaluator.state()
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
-            states: list = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(states, state)
-        else:
-            states = [state]
-        # Ids are dataset indices: ordering by them gives the single-process image order.
-        return 100.0 * STAPEvaluator.from_states(states, order_by_id=True).compute().ap
+        self.log("val_st_ap", 100.0 * self.val_metric.compute().ap, prog_bar=True, sync_dist=False)
 
     @torch.no_grad()
     def evaluate_loader(self, loader) -> float:
         """ST-AP (percent) of the current weights on ``loader`` in this process (fit reports)."""
         was_training = self.training
         self.eval()
-        evaluator = STAPEvaluator(self.model.input_size, self.hparams.val_variant)
+        metric = STAPEvaluator(self.model.input_size, self.hparams.val_variant, sync_on_compute=False)
         for batch in loader:
             images = self._images(batch).to(self.device)
-            self.add_to_evaluator(evaluator, batch, *self.model(images))
+            self.update_st_ap(metric, batch, *self.model(images))
         self.train(was_training)
-        return 100.0 * evaluator.compute().ap
+        return 100.0 * metric.compute().ap
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
@@ -262,7 +229,7 @@ class SSDLightningModule(pl.LightningModule):
         self.on_validation_epoch_start()
 
     def on_test_epoch_end(self) -> None:
-        self.log("test_st_ap", self.gathered_st_ap(self._val_evaluator))
+        self.log("test_st_ap", 100.0 * self.val_metric.compute().ap)
 
     # -------------------------------------------------------------------------------- optimizer
     def configure_optimizers(self):
@@ -283,10 +250,14 @@ class SSDLightningModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Runs before the weights are loaded: rebuild what the checkpoint was saved from.
-        if checkpoint.get("hyper_parameters", {}).get("qat") and not getattr(self.model, "is_qat", False):
+        if checkpoint.get("hyper_parameters", {}).get("qat"):
             from ..quantization import prepare_qat
+            from ..quantization.qat import remap_legacy_qat_state
 
             self.model = prepare_qat(self.model)
+            model_state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+            checkpoint["state_dict"] = {**{k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("model.")},
+                                        **{"model." + k: v for k, v in remap_legacy_qat_state(model_state).items()}}
         if self.teacher is None:  # a QAT run's distillation teacher is rebuilt by its callback
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                         if not k.startswith("teacher.")}

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..backbone import ConvBN, MobileNetV1
+from ..fileio import existing_file
 from ..model import SSDMobileNetV1, build_model
 from ..specs import ANCHORS_PER_LOCATION, SUPPORTED_ALPHAS, SUPPORTED_INPUT_SIZES
 
@@ -46,7 +47,6 @@ class KerasFile:
 
     path: Path
     weights: dict[str, dict[str, np.ndarray]]
-    layer_order: list[str]
     classes: dict[str, str] = field(default_factory=dict)
     inbound: dict[str, list[str]] = field(default_factory=dict)
     input_size: int | None = None
@@ -68,11 +68,7 @@ def read_keras_h5(path: str | os.PathLike) -> KerasFile:
     """Read every layer's weights and the saved graph (if any) from a Keras .h5 file."""
     import h5py
 
-    path = Path(path)
-    if not path.is_file():
-        raise KerasImportError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise KerasImportError(f"{path}: empty file (0 bytes), not a Keras .h5 file")
+    path = existing_file(path, "Keras .h5 file", KerasImportError)
     try:
         with h5py.File(path, "r") as f:
             root = f["model_weights"] if "model_weights" in f else f
@@ -97,7 +93,7 @@ def read_keras_h5(path: str | os.PathLike) -> KerasFile:
                                    f"{cut[2]} bytes)") from None
         raise KerasImportError(f"{path}: cannot read as a Keras .h5 file ({exc})") from None
 
-    kf = KerasFile(path=path, weights=weights, layer_order=order)
+    kf = KerasFile(path=path, weights=weights)
     if config is not None:
         for layer in config.get("config", {}).get("layers", []):
             name = layer.get("name") or layer.get("config", {}).get("name")
@@ -327,7 +323,7 @@ def load_keras_h5(path: str | os.PathLike, model: nn.Module | None = None) -> nn
         if kf.is_detector:
             model = build_model(alpha, infer_input_size(kf), infer_num_classes(kf))
         else:
-            model = build_model(alpha, kf.input_size if kf.input_size in (192, 224, 256) else 224)
+            model = build_model(alpha, kf.input_size if kf.input_size in SUPPORTED_INPUT_SIZES else 224)
     backbone, prefix = (model, "") if isinstance(model, MobileNetV1) else (model.backbone, "backbone.")
     if backbone.alpha != alpha:
         raise KerasImportError(f"{kf.path}: layer 'conv1' has {int(32 * alpha)} filters (alpha {alpha}); "
