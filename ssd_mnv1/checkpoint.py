@@ -54,9 +54,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         from .quantization.qat import remap_legacy_qat_state
 
         model = prepare_qat(model)
+        ckpt["state_dict"] = remap_legacy_qat_state(ckpt["state_dict"], MODEL_PREFIX)
     state = {k[len(MODEL_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
-    if hp.get("qat"):
-        state = remap_legacy_qat_state(state)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f"{path}: weights do not fit the {hp['input_size']} model: "

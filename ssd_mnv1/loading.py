@@ -54,10 +54,11 @@ def load_model(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
     if kind == "keras":
         from .weights import load_keras_h5, read_keras_h5
 
-        if not read_keras_h5(path).is_detector:
+        keras_file = read_keras_h5(path)
+        if not keras_file.is_detector:
             raise ValueError(f"{path}: a Keras MobileNet backbone (ImageNet) file, not a detector; use it "
                              "as backbone weights: build_model(weights=...) or --model.backbone_weights")
-        return load_keras_h5(path)
+        return load_keras_h5(keras_file)
     raise ValueError(f"{path}: an {kind.upper() if kind == 'onnx' else 'TFLite'} file is a deployed graph, not a "
                      "PyTorch model; evaluate/predict run it, export needs a .ckpt or an .h5")
 

@@ -219,20 +219,23 @@ _LEGACY_QUANTIZERS = (
 )
 
 
-def remap_legacy_qat_state(state: dict) -> dict:
-    """Rename an old QAT state dict's keys (``model.<float>``, ``q.<name>.min_val``) to today's."""
-    if not any(k.startswith("q.") for k in state):
+def remap_legacy_qat_state(state: dict, prefix: str = "") -> dict:
+    """Rename an old QAT state dict's keys (``model.<float>``, ``q.<name>.min_val``) to today's.
+
+    Only keys under ``prefix`` (a Lightning checkpoint's ``"model."``) are the detector's; the rest
+    pass through, and so does a state dict that is not a legacy one.
+    """
+    if not any(k.startswith(prefix + "q.") for k in state):
         return state
-    out = {}
-    for key, value in state.items():
-        if key.startswith("model."):
-            out[key[len("model."):]] = value
-            continue
-        name, _, leaf = key[len("q."):].rpartition(".")
-        for pattern, target in _LEGACY_QUANTIZERS:
-            if key.startswith("q.") and re.fullmatch(pattern, name):
-                out[f"{re.sub(pattern, target, name)}.{leaf}"] = value
-                break
-        else:
-            out[key] = value  # not a legacy key: let load_state_dict report it
-    return out
+    return {prefix + _legacy_key(key[len(prefix):]) if key.startswith(prefix) else key: value
+            for key, value in state.items()}
+
+
+def _legacy_key(key: str) -> str:
+    if key.startswith("model."):
+        return key[len("model."):]
+    name, _, leaf = key[len("q."):].rpartition(".")
+    for pattern, target in _LEGACY_QUANTIZERS:
+        if key.startswith("q.") and re.fullmatch(pattern, name):
+            return f"{re.sub(pattern, target, name)}.{leaf}"
+    return key  # not a legacy key: let load_state_dict report it

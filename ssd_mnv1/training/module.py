@@ -255,9 +255,7 @@ class SSDLightningModule(pl.LightningModule):
             from ..quantization.qat import remap_legacy_qat_state
 
             self.model = prepare_qat(self.model)
-            model_state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-            checkpoint["state_dict"] = {**{k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("model.")},
-                                        **{"model." + k: v for k, v in remap_legacy_qat_state(model_state).items()}}
+            checkpoint["state_dict"] = remap_legacy_qat_state(checkpoint["state_dict"], "model.")
         if self.teacher is None:  # a QAT run's distillation teacher is rebuilt by its callback
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                         if not k.startswith("teacher.")}

@@ -311,13 +311,14 @@ def keras_layer_pairs(kf: KerasFile, model: nn.Module) -> list[tuple[str, ConvBN
     return pairs
 
 
-def load_keras_h5(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
-    """Load a Keras .h5 into ``model`` (built from the file when ``None``) and return the model.
+def load_keras_h5(path: str | os.PathLike | KerasFile, model: nn.Module | None = None) -> nn.Module:
+    """Load a Keras .h5 (a path, or a file :func:`read_keras_h5` has read) into ``model`` (built from
+    the file when ``None``) and return the model.
 
     ST detector files load every layer; Keras-Applications MobileNet files load the backbone only
     (``model`` may then be a detector or a bare :class:`~ssd_mnv1.backbone.MobileNetV1`).
     """
-    kf = read_keras_h5(path)
+    kf = path if isinstance(path, KerasFile) else read_keras_h5(path)
     alpha = infer_alpha(kf)
     if model is None:
         if kf.is_detector:
