@@ -23,16 +23,19 @@ MODEL_HPARAMS = ("alpha", "input_size", "num_classes")
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, **extra) -> Path:
     """Write ``model`` as a project checkpoint (atomically)."""
+    from .quantization.qat import per_tensor_weights
+
     state = {MODEL_PREFIX + k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_torch_save({"state_dict": state, "hyper_parameters": {**model.architecture(), "qat": model.qat}, "ssd_mnv1": extra}, path)
+    hparams = {**model.architecture(), "qat": model.qat, "qat_per_tensor": per_tensor_weights(model)}
+    atomic_torch_save({"state_dict": state, "hyper_parameters": hparams, "ssd_mnv1": extra}, path)
     return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """Build the detector described by a project/Lightning checkpoint and load its weights.
 
-    A quantization-aware checkpoint (``hyper_parameters['qat']``) gives a model prepared with
-    :func:`~ssd_mnv1.quantization.prepare_qat`; checkpoints of the former QAT wrapper still load.
+    A quantization-aware checkpoint (``hyper_parameters['qat']``, and ``qat_per_tensor`` for
+    per-tensor weights) gives a model prepared with :func:`~ssd_mnv1.quantization.prepare_qat`; checkpoints of the former QAT wrapper still load.
     """
     path = existing_file(path, "checkpoint")
     try:
@@ -53,7 +56,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         from .quantization import prepare_qat
         from .quantization.qat import remap_legacy_qat_state
 
-        model = prepare_qat(model)
+        model = prepare_qat(model, per_tensor=bool(hp.get("qat_per_tensor", False)))
         ckpt["state_dict"] = remap_legacy_qat_state(ckpt["state_dict"], MODEL_PREFIX)
     state = {k[len(MODEL_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
     result = model.load_state_dict(state, strict=False)

@@ -8,7 +8,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from .qat import calibrate, is_qat, prepare_qat, set_observer
+from .qat import calibrate, is_qat, per_tensor_weights, prepare_qat, set_observer
 
 
 def _images_of(batch) -> torch.Tensor:
@@ -34,15 +34,19 @@ class QuantizationAwareTraining(pl.Callback):
       checkpoints then describe the int8 file that export produces.
     * ``distillation_weight`` > 0 keeps a frozen copy of the float model as ``pl_module.teacher``;
       a module that supports it (``SSDLightningModule``) adds the distillation loss.
+    * ``per_tensor``: one weight scale per kernel instead of per output channel (the STM32MP25
+      NPU's int8; export the checkpoint with ``--per-tensor``).
     * ``calibrate_only``: no training - calibrate and stop (a post-training-quantization baseline
       whose fake-quant numbers the int8 TFLite reproduces).
-    Checkpoints are marked ``hyper_parameters['qat'] = True`` so every tool rebuilds the QAT model.
+    Checkpoints are marked ``hyper_parameters['qat'] = True`` (and ``qat_per_tensor``) so every
+    tool rebuilds the QAT model.
     """
 
     def __init__(self, calibration_batches: int = 8, distillation_weight: float = 0.0, calibrate_only: bool = False,
                  calibration_images: str | None = None, calibration_count: int = 100, calibration_seed: int = 0,
-                 freeze_ranges: bool = False):
+                 freeze_ranges: bool = False, per_tensor: bool = False):
         super().__init__()
+        self.per_tensor = per_tensor
         self.calibration_batches = calibration_batches
         self.calibration_images = calibration_images
         self.calibration_count = calibration_count
@@ -54,6 +58,9 @@ class QuantizationAwareTraining(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if is_qat(pl_module.model):
+            if per_tensor_weights(pl_module.model) != self.per_tensor:
+                raise ValueError(f"QuantizationAwareTraining.per_tensor={self.per_tensor}, but the model (resumed) "
+                                 f"has {'per-tensor' if not self.per_tensor else 'per-channel'} weights")
             return
         if self.distillation_weight > 0:
             teacher = copy.deepcopy(pl_module.model).eval()
@@ -61,7 +68,7 @@ class QuantizationAwareTraining(pl.Callback):
                 p.requires_grad_(False)
             pl_module.teacher = teacher
             pl_module.distillation_weight = self.distillation_weight
-        pl_module.model = prepare_qat(pl_module.model)
+        pl_module.model = prepare_qat(pl_module.model, per_tensor=self.per_tensor)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.ckpt_path is None:
@@ -104,4 +111,5 @@ class QuantizationAwareTraining(pl.Callback):
         return batches
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint.setdefault("hyper_parameters", {})["qat"] = True
+        hp = checkpoint.setdefault("hyper_parameters", {})
+        hp["qat"], hp["qat_per_tensor"] = True, self.per_tensor

@@ -23,6 +23,7 @@ identity, so the TFLite converter re-derives the same weight scales.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 
@@ -55,6 +56,7 @@ class ActivationQuantizer(nn.Module):
         self.register_buffer("max_val", torch.tensor(initial[1] if initial else float("-inf")))
         self.fixed = fixed_range is not None
         self.bounds = bounds
+        self.enabled = True  # False: observe only (calibration sees the float activations, as TFLite's)
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         lo = torch.clamp(self.min_val, max=0.0)
@@ -80,19 +82,39 @@ class ActivationQuantizer(nn.Module):
         # Ranges move while training (EMA) or calibrating (min/max), never during evaluation.
         if self.observe and not self.fixed and (self.training or self.observer == "minmax"):
             self._update(x)
-        if not torch.isfinite(self.min_val):
+        if not self.enabled or not torch.isfinite(self.min_val):
             return x
         scale, zp = self.qparams()
         return torch.fake_quantize_per_tensor_affine(x, scale, zp, -128, 127)
 
 
 class WeightQuantizer(nn.Module):
-    """Per-output-channel symmetric int8 fake quantization ([-127, 127], TFLite's weight range)."""
+    """Symmetric int8 fake quantization ([-127, 127], TFLite's weight range), one scale per output
+    channel or, with ``per_tensor`` (what the STM32MP25 NPU runs), one for the whole kernel."""
+
+    def __init__(self, per_tensor: bool = False):
+        super().__init__()
+        self.per_tensor = per_tensor
+        self.enabled = True
+
+    def scales(self, weight: torch.Tensor) -> torch.Tensor:
+        """The scale of each output channel (all equal when ``per_tensor``)."""
+        amax = weight.detach().abs().amax(dim=(1, 2, 3))
+        if self.per_tensor:
+            amax = amax.max().expand_as(amax)
+        return amax.clamp(min=1e-12).float() / 127.0
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        scale = weight.detach().abs().amax(dim=(1, 2, 3)).clamp(min=1e-12) / 127.0
+        if not self.enabled:
+            return weight
+        scale = self.scales(weight)
+        if self.per_tensor:
+            return torch.fake_quantize_per_tensor_affine(weight, scale[0], 0, -127, 127)
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
-        return torch.fake_quantize_per_channel_affine(weight, scale.float(), zero_point, 0, -127, 127)
+        return torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0, -127, 127)
+
+    def extra_repr(self) -> str:
+        return "per_tensor=True" if self.per_tensor else "per_channel"
 
 
 class InputQuantizer(nn.Module):
@@ -101,7 +123,13 @@ class InputQuantizer(nn.Module):
     The forward value is the device's (half a step above), the gradient passes straight through.
     """
 
+    def __init__(self):
+        super().__init__()
+        self.enabled = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
         pixels = torch.clamp(torch.round((x + 1.0) * 127.5), 0, 255)
         return x + ((pixels - INPUT_ZERO_POINT) * INPUT_SCALE - x).detach()
 
@@ -111,9 +139,9 @@ def is_qat(model: nn.Module) -> bool:
     return isinstance(model, SSDMobileNetV1) and model.qat
 
 
-def prepare_qat(model: SSDMobileNetV1, inplace: bool = False) -> SSDMobileNetV1:
+def prepare_qat(model: SSDMobileNetV1, inplace: bool = False, per_tensor: bool = False) -> SSDMobileNetV1:
     """``model`` (a copy unless ``inplace``, as torch.ao's ``prepare_qat``) with its quantization
-    slots filled; a model already prepared is returned as it is.
+    slots filled; a model already prepared is returned as it is (``per_tensor`` must then match).
 
     Every conv block folds its BN and gets int8 weights and an int8 output (ReLU6 outputs start
     at, and stay within, [0, 6]); the neck's pooled input and sums, the heads' concatenations and
@@ -122,12 +150,15 @@ def prepare_qat(model: SSDMobileNetV1, inplace: bool = False) -> SSDMobileNetV1:
     if not isinstance(model, SSDMobileNetV1):
         raise TypeError(f"prepare_qat expects an SSDMobileNetV1, got {type(model).__name__}")
     if model.qat:
+        if per_tensor_weights(model) != per_tensor:
+            raise ValueError(f"the model is already prepared with {_granularity(not per_tensor)} weights, "
+                             f"not {_granularity(per_tensor)}")
         return model
     if not inplace:
         model = copy.deepcopy(model)
     for m in model.modules():
         if isinstance(m, ConvBN):
-            m.weight_quant = WeightQuantizer()
+            m.weight_quant = WeightQuantizer(per_tensor)
             relu6 = isinstance(m.act, nn.ReLU6)
             m.output_quant = ActivationQuantizer(bounds=(0.0, 6.0) if relu6 else None)
     model.neck.gap_quant = ActivationQuantizer()
@@ -139,6 +170,15 @@ def prepare_qat(model: SSDMobileNetV1, inplace: bool = False) -> SSDMobileNetV1:
     model.qat = True
     device = next(model.parameters()).device
     return model.to(device).train(model.training)
+
+
+def per_tensor_weights(model: nn.Module) -> bool:
+    """Whether a QAT model's weights are quantized per tensor (False for per-channel or float)."""
+    return any(isinstance(m, WeightQuantizer) and m.per_tensor for m in model.modules())
+
+
+def _granularity(per_tensor: bool) -> str:
+    return "per-tensor" if per_tensor else "per-channel"
 
 
 def activation_quantizers(model: nn.Module) -> list[ActivationQuantizer]:
@@ -188,15 +228,38 @@ def to_float(model: SSDMobileNetV1) -> SSDMobileNetV1:
     return out
 
 
+@contextlib.contextmanager
+def fake_quant_disabled(model: nn.Module, weights: bool = True):
+    """Run ``model`` with its activation and input quantizers observing only (values pass through)
+    and, if ``weights``, float weights too; restores them afterwards."""
+    kinds = (ActivationQuantizer, InputQuantizer) + ((WeightQuantizer,) if weights else ())
+    switched = [m for m in model.modules() if isinstance(m, kinds) and m.enabled]
+    for m in switched:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m in switched:
+            m.enabled = True
+
+
 @torch.no_grad()
-def calibrate(model: SSDMobileNetV1, batches, observer: str = "minmax") -> SSDMobileNetV1:
-    """Set activation ranges from data (post-training calibration; TFLite's min/max rule)."""
+def calibrate(model: SSDMobileNetV1, batches, observer: str = "minmax", *,
+              float_weights: bool = False) -> SSDMobileNetV1:
+    """Set activation ranges from data with TFLite's rule: min/max of each tensor of the float graph
+    the converter calibrates, i.e. with activations (and the input) unquantized.
+
+    The weights are those the TFLite converter sees: on the int8 grid (``to_float`` of a QAT model,
+    the default) or, with ``float_weights``, the float ones (post-training quantization of a float
+    model), so that the int8 file and a QDQ ONNX written from ``model`` carry the same scales.
+    """
     was_training = model.training
     model.eval()
     set_observer(model, observer, observe=True)
     reset_ranges(model)
-    for x in batches:
-        model(x)
+    with fake_quant_disabled(model, weights=float_weights):
+        for x in batches:
+            model(x)
     set_observer(model, "ema", observe=True)
     return model.train(was_training)
 

@@ -250,11 +250,12 @@ class SSDLightningModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Runs before the weights are loaded: rebuild what the checkpoint was saved from.
-        if checkpoint.get("hyper_parameters", {}).get("qat"):
+        hp = checkpoint.get("hyper_parameters", {})
+        if hp.get("qat"):
             from ..quantization import prepare_qat
             from ..quantization.qat import remap_legacy_qat_state
 
-            self.model = prepare_qat(self.model)
+            self.model = prepare_qat(self.model, per_tensor=bool(hp.get("qat_per_tensor", False)))
             checkpoint["state_dict"] = remap_legacy_qat_state(checkpoint["state_dict"], "model.")
         if self.teacher is None:  # a QAT run's distillation teacher is rebuilt by its callback
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
