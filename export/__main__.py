@@ -1,13 +1,16 @@
-"""Export a checkpoint or .h5 to ONNX / TFLite float32 / TFLite int8 with ST's I/O contract.
+"""Export a checkpoint or .h5 to ONNX / QDQ ONNX / TFLite float32 / TFLite int8 with ST's I/O contract.
 
-    python -m ssd_mnv1.export MODEL --to onnx|tflite-fp32|tflite-int8 --out DIR
-                              [--calib DIR] [--per-tensor] [--ledger DATA_DIR]
+    python -m ssd_mnv1.export MODEL --to onnx|onnx-qdq|tflite-fp32|tflite-int8 [...] --out DIR
+                              [--calib DIR] [--per-tensor] [--no-equalize] [--ledger DATA_DIR]
 
-Each target includes the ones before it. The int8 file has a uint8 input (scale 1/127.5, zero
-point 127), a dynamic batch, and three float32 outputs (scores, offsets, anchors) in ST's order;
-weights are per-channel unless --per-tensor (for the STM32MP25 NPU). --ledger evaluates every
-produced stage (ST-AP, max |Δ| to the previous stage and to PyTorch float) and writes ledger.json /
-ledger.md to DIR.
+Each target includes the stages it needs (tflite-int8: onnx, tflite-fp32; onnx-qdq: onnx); give
+several to get them from one model and calibration. The int8 TFLite has a uint8 input (scale
+1/127.5, zero point 127), a dynamic batch, and three float32 outputs (scores, offsets, anchors) in
+ST's order; the QDQ ONNX (for ST Edge AI Core / the STM32N6 flow) has the same uint8 input in NCHW,
+int8 weights and the same three float outputs. Weights are per-channel unless --per-tensor (the
+STM32MP25 NPU); a float model exported per tensor is equalized first (--no-equalize: not).
+--ledger evaluates every produced stage (ST-AP, max |Δ| to the previous stage and to PyTorch float)
+and, with an int8 TFLite, every quantized layer (SQNR, ST-AP cost), into DIR/ledger.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -18,17 +21,26 @@ import time
 from ssd_mnv1.cli import run
 from ssd_mnv1.runners import INT8_INPUT_MODES
 
+from .pipeline import TARGETS
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ssd_mnv1.export", description=__doc__.split("\n")[0])
     parser.add_argument("model", help=".ckpt (float or QAT) or ST/Keras .h5")
-    parser.add_argument("--to", default="tflite-int8", choices=("onnx", "tflite-fp32", "tflite-int8"))
+    parser.add_argument("--to", default=["tflite-int8"], nargs="+", choices=TARGETS, metavar="TARGET",
+                        help=f"one or more of {', '.join(TARGETS)} (default tflite-int8)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--calib", help="folder of calibration images (needed for tflite-int8)")
     parser.add_argument("--calib-count", type=int, default=100, help="calibration images to use (default 100)")
     parser.add_argument("--per-tensor", action="store_true", help="per-tensor int8 weights (STM32MP25 NPU)")
+    parser.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=None,
+                        help="fold dead channels, equalize layers and correct biases before int8 "
+                             "(default: on with --per-tensor for a float model, off otherwise)")
     parser.add_argument("--ledger", metavar="DATA_DIR", help="evaluate every stage on this dataset")
     parser.add_argument("--ledger-limit", type=int, help="evaluate only the first N ledger images")
+    parser.add_argument("--layer-ledger", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --ledger and an int8 TFLite: SQNR and ST-AP cost of every quantized layer "
+                             "(one evaluation per layer; default on)")
     parser.add_argument("--int8-input", default="raw", choices=INT8_INPUT_MODES,
                         help="ledger: how images reach the uint8 input (default raw pixels, as on the device)")
     args = parser.parse_args(argv)
@@ -38,14 +50,21 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_tensorflow()
     t0 = time.perf_counter()
-    result = export(args.model, args.out, args.to, calib=args.calib, calib_count=args.calib_count,
-                    per_tensor=args.per_tensor)
+    result = export(args.model, args.out, tuple(args.to), calib=args.calib, calib_count=args.calib_count,
+                    per_tensor=args.per_tensor, equalize=args.equalize)
     print(f"export chain done in {time.perf_counter() - t0:.1f} s")
     if args.ledger:
         ledger = build_ledger(args.model, result, args.ledger, limit=args.ledger_limit, int8_input=args.int8_input)
+        if args.layer_ledger and "tflite-int8" in result.files:
+            from .layer_ledger import build_layer_ledger
+
+            # The fake-quant model the int8 file was converted from (equalized, QAT or calibrated).
+            layers = build_layer_ledger(result.models["pytorch-fake-quant"], result.files["tflite-int8"],
+                                        result.files["tflite-fp32"], args.ledger, limit=args.ledger_limit)
+            ledger["layers"] = {**layers, "model": str(args.model)}
         paths = write_ledger(ledger, args.out)
         print(ledger_markdown(ledger))
-        print(f"wrote {paths[0]} and {paths[1]}")
+        print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
 
 

@@ -19,11 +19,14 @@ import torch
 
 from ssd_mnv1.anchors import generate_anchors
 from ssd_mnv1.fileio import atomic_path, atomic_write_text
-from ssd_mnv1.quantization.calibration import calibration_images
+from ssd_mnv1.quantization.calibration import as_batches, calibration_images, int8_simulation
 
 from . import onnx_stage, tf_stage, tflite_edit
 
-TARGETS = ("onnx", "tflite-fp32", "tflite-int8")
+TARGETS = ("onnx", "onnx-qdq", "tflite-fp32", "tflite-int8")
+#: What each target needs written before it (a target list is the union of these).
+_CHAIN = {"onnx": ("onnx",), "onnx-qdq": ("onnx", "onnx-qdq"), "tflite-fp32": ("onnx", "tflite-fp32"),
+          "tflite-int8": ("onnx", "tflite-fp32", "tflite-int8")}
 
 
 @dataclass
@@ -31,6 +34,11 @@ class ExportResult:
     files: dict[str, Path] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     onnx_parity: dict[str, float] = field(default_factory=dict)
+    #: The PyTorch models behind the files, in chain order: ``pytorch-float`` (as loaded),
+    #: ``pytorch-equalized`` (when equalized), ``pytorch-fake-quant`` (what the int8 files run).
+    models: dict[str, torch.nn.Module] = field(default_factory=dict)
+    equalization: dict | None = None
+    per_tensor: bool = False
 
 
 def models_for_export(path: str | os.PathLike):
@@ -48,20 +56,66 @@ def models_for_export(path: str | os.PathLike):
     return model, None
 
 
-def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str = "tflite-int8", *,
+def _targets(to: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    wanted = (to,) if isinstance(to, str) else tuple(to)
+    bad = [t for t in wanted if t not in TARGETS]
+    if bad or not wanted:
+        raise ValueError(f"--to must be one or more of {', '.join(TARGETS)}, got {', '.join(bad) or 'nothing'}")
+    return tuple(t for t in TARGETS if any(t in _CHAIN[w] for w in wanted))
+
+
+def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str | tuple[str, ...] = "tflite-int8", *,
            calib: str | os.PathLike | None = None, calib_count: int = 100, per_tensor: bool = False,
-           log=print) -> ExportResult:
-    if to not in TARGETS:
-        raise ValueError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
-    if to == "tflite-int8" and calib is None:
-        raise ValueError("--to tflite-int8 needs --calib DIR (images for the int8 calibration)")
-    model, _ = models_for_export(model_path)
+           equalize: bool | None = None, log=print) -> ExportResult:
+    """Run the chain up to every target in ``to`` (each includes the stages it needs).
+
+    Int8 targets quantize per channel, or per tensor. A float model exported per tensor is first
+    equalized (:mod:`ssd_mnv1.quantization.equalize`: dead channels folded, layers equalized -
+    both exact - then bias correction for the int8 files only); ``equalize`` False turns that off,
+    True turns it on for per-channel too. A QAT checkpoint is exported as it was trained (its
+    granularity must match ``per_tensor``; equalization does not apply).
+    """
+    from ssd_mnv1.quantization.equalize import correct_bias, equalize as equalize_model
+    from ssd_mnv1.quantization.qat import per_tensor_weights
+
+    targets = _targets(to)
+    quantized = any(t in ("onnx-qdq", "tflite-int8") for t in targets)
+    if quantized and calib is None:
+        raise ValueError(f"--to {' '.join(t for t in targets if t in ('onnx-qdq', 'tflite-int8'))} needs --calib DIR "
+                         "(images for the int8 calibration)")
+    model, qat = models_for_export(model_path)
+    if qat is not None and per_tensor_weights(qat) != per_tensor:
+        trained = "per-tensor" if per_tensor_weights(qat) else "per-channel"
+        raise ValueError(f"{model_path}: a {trained} QAT checkpoint; export it "
+                         f"{'with' if trained == 'per-tensor' else 'without'} --per-tensor")
+    if qat is not None and equalize:
+        raise ValueError(f"{model_path}: a QAT checkpoint is exported as trained; equalize its float model "
+                         "before QAT (QuantizationAwareTraining.equalize)")
+    equalize = (per_tensor if equalize is None else equalize) and qat is None and quantized
     size = model.input_size
-    calib_data = calibration_images(calib, size, calib_count) if to == "tflite-int8" else None
+    calib_data = calibration_images(calib, size, calib_count) if quantized else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(model_path).stem
-    result = ExportResult()
+    result = ExportResult(per_tensor=per_tensor)
+    result.models["pytorch-float"] = model
+
+    int8_model = model  # the float model the int8 files are converted from
+    if equalize:
+        t0 = time.perf_counter()
+        model, report = equalize_model(model)
+        result.models["pytorch-equalized"] = model
+        result.equalization = report.to_dict()
+        int8_model = correct_bias(model, as_batches(calib_data), per_tensor)
+        result.equalization["bias_correction_images"] = len(calib_data)
+        result.timings["equalize"] = time.perf_counter() - t0
+        log(f"equalized: {report.dead_channels} dead and {report.constant_channels} constant channels folded, "
+            f"{report.scaled_channels} channels rescaled over {report.pairs} layer pairs ({report.held_channels} "
+            f"left as they are: they may reach ReLU6's clip); worst weight range ratio "
+            f"{report.worst_range_ratio_before:.1f} -> {report.worst_range_ratio_after:.1f}; bias correction on "
+            f"{len(calib_data)} calibration images")
+    if quantized:
+        result.models["pytorch-fake-quant"] = int8_simulation(qat or int8_model, calib_data, per_tensor)
 
     t0 = time.perf_counter()
     onnx_path = onnx_stage.export_onnx(model, out_dir / f"{stem}.onnx")
@@ -72,15 +126,23 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str = 
     result.timings["onnx"] = time.perf_counter() - t0
     log(f"onnx: {onnx_path} (onnxruntime vs PyTorch max |d| scores {result.onnx_parity['scores']:.2e}, "
         f"offsets {result.onnx_parity['offsets']:.2e})")
-    if to == "onnx":
-        return result
 
-    anchors = generate_anchors(size).numpy()
+    if "onnx-qdq" in targets:
+        from .qdq import export_qdq_onnx
+
+        t0 = time.perf_counter()
+        path = out_dir / f"{stem}_qdq{'_per_tensor' if per_tensor else ''}.onnx"
+        result.files["onnx-qdq"] = export_qdq_onnx(result.models["pytorch-fake-quant"], path)
+        result.timings["onnx-qdq"] = time.perf_counter() - t0
+        log(f"onnx-qdq: {path} ({'per-tensor' if per_tensor else 'per-channel'} int8 weights, uint8 input)")
+
+    if "tflite-fp32" not in targets:
+        return result
+    anchors = generate_anchors(model.spec).numpy()
     with tempfile.TemporaryDirectory(prefix="ssd_mnv1_export_") as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        prepared = onnx_stage.prepare_for_onnx2tf(onnx_path, tmp / "for_onnx2tf.onnx")
-        saved = tf_stage.onnx_to_saved_model(prepared, tmp / "saved_model", tmp / "onnx2tf")
+        saved = _saved_model(onnx_path, tmp / "float")
         final_saved = out_dir / "saved_model"
         shutil.rmtree(final_saved, ignore_errors=True)
         shutil.copytree(saved, tmp / "saved_model_copy")
@@ -94,10 +156,13 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str = 
         result.files["tflite-fp32"] = _write(out_dir / f"{stem}_float32.tflite", fp32)
         result.timings["tflite-fp32"] = time.perf_counter() - t0
         log(f"tflite-fp32: {result.files['tflite-fp32']}")
-        if to == "tflite-fp32":
+        if "tflite-int8" not in targets:
             return result
 
         t0 = time.perf_counter()
+        if int8_model is not model:  # bias-corrected weights: their own graph, the same way
+            int8_onnx = onnx_stage.export_onnx(int8_model, tmp / "int8_source.onnx")
+            saved = _saved_model(int8_onnx, tmp / "int8_source")
         int8 = tf_stage.to_tflite_int8(saved, calib_data, per_tensor=per_tensor)
         int8 = tflite_edit.finalize_outputs(int8, anchors, quantized=True)
         name = f"{stem}_int8{'_per_tensor' if per_tensor else ''}.tflite"
@@ -110,6 +175,12 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str = 
         log(f"tflite-int8: {result.files['tflite-int8']} ({len(calib_data)} calibration images, "
             f"{'per-tensor' if per_tensor else 'per-channel'})")
     return result
+
+
+def _saved_model(onnx_path: Path, workdir: Path) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    prepared = onnx_stage.prepare_for_onnx2tf(onnx_path, workdir / "for_onnx2tf.onnx")
+    return tf_stage.onnx_to_saved_model(prepared, workdir / "saved_model", workdir / "onnx2tf")
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -163,35 +234,56 @@ def _max_diffs(a, b) -> tuple[float, float]:
     return float(np.abs(a[0] - b[0]).max()), float(np.abs(a[1] - b[1]).max())
 
 
+#: Stage -> the stage its confident detections are compared with (the step the ledger vouches for).
+_CONFIDENT_VERSUS = {"pytorch-equalized": ("pytorch-float",), "tflite-int8": ("pytorch-fake-quant",),
+                     "onnx-qdq": ("tflite-int8", "pytorch-fake-quant")}
+
+
+def _ledger_stages(result: ExportResult, int8_input: str) -> list[tuple[str, object, Path | None]]:
+    """(name, runner, file) in chain order: float models and files, then the int8 simulation and files."""
+    from ssd_mnv1.runners import OnnxRunner, TFLiteRunner, TorchRunner
+
+    stages = [(name, TorchRunner(result.models[name], name), None)
+              for name in ("pytorch-float", "pytorch-equalized") if name in result.models]
+    stages.append(("onnx", OnnxRunner(result.files["onnx"]), result.files["onnx"]))
+    if "tflite-fp32" in result.files:
+        stages.append(("tflite-fp32", TFLiteRunner(result.files["tflite-fp32"]), result.files["tflite-fp32"]))
+    if "pytorch-fake-quant" in result.models:
+        model = result.models["pytorch-fake-quant"]
+        stages.append(("pytorch-fake-quant", TorchRunner(model, "pytorch-fake-quant"), None))
+    if "tflite-int8" in result.files:
+        path = result.files["tflite-int8"]
+        stages.append(("tflite-int8", TFLiteRunner(path, int8_input=int8_input), path))
+    if "onnx-qdq" in result.files:
+        stages.append(("onnx-qdq", OnnxRunner(result.files["onnx-qdq"]), result.files["onnx-qdq"]))
+    return stages
+
+
 def build_ledger(model_path, result: ExportResult, data: str | os.PathLike, *, limit: int | None = None,
                  int8_input: str = "raw") -> dict:
     """Evaluate every stage the export produced on ``data`` with the project's evaluator.
 
     Each stage's max |Δ| scores/offsets is taken over all evaluated images, both to the previous
     stage (where a conversion step goes wrong) and to the PyTorch float model (the end-to-end
-    parity the exporter promises: ≤ 1e-4 for float stages).
+    parity the exporter promises: ≤ 1e-4 for float stages). Detections scoring above
+    :data:`CONFIDENT_SCORE` are compared box for box where a step promises to keep them: the
+    equalized model with the float one, the int8 file with its fake-quant model, the QDQ ONNX
+    with the int8 TFLite.
     """
     from ssd_mnv1.data import open_dataset
     from ssd_mnv1.evaluate import evaluate, resize_all
-    from ssd_mnv1.runners import OnnxRunner, TFLiteRunner, TorchRunner
+    from ssd_mnv1.runners import TFLiteRunner
 
-    float_model, fake_quant = models_for_export(model_path)
+    float_model = result.models["pytorch-float"]
     dataset = open_dataset(data)
     images = resize_all(dataset, float_model.input_size, progress=False)
     if limit is not None:
         images = images[:limit]
-    stages = [("pytorch-float", TorchRunner(float_model, "pytorch-float"), None)]
-    if fake_quant is not None:
-        stages.append(("pytorch-fake-quant", TorchRunner(fake_quant, "pytorch-fake-quant"), None))
-    stages.append(("onnx", OnnxRunner(result.files["onnx"]), result.files["onnx"]))
-    for key in ("tflite-fp32", "tflite-int8"):
-        if key in result.files:
-            stages.append((key, TFLiteRunner(result.files[key], int8_input=int8_input), result.files[key]))
     rows, previous, reference = [], None, None
     dets: dict[str, list] = {}
     confident: dict[str, list] = {}
-    anchors = generate_anchors(float_model.input_size).numpy()
-    for name, runner, path in stages:
+    anchors = generate_anchors(float_model.spec).numpy()
+    for name, runner, path in _ledger_stages(result, int8_input):
         recording = _Recording(runner)
         ev = evaluate(recording, dataset, ("st20",), images=images, limit=len(images), progress=False)
         outs = recording.outputs()
@@ -209,8 +301,8 @@ def build_ledger(model_path, result: ExportResult, data: str | os.PathLike, *, l
         if "pytorch-fake-quant" in dets and name != "pytorch-fake-quant":
             row["det_agreement_vs_fake_quant"] = _agreement(dets[name], dets["pytorch-fake-quant"])
         confident[name] = _top_detections(outs, anchors, CONFIDENT_SCORE)
-        if name == "tflite-int8":
-            versus = "pytorch-fake-quant" if "pytorch-fake-quant" in confident else rows[-1]["stage"]
+        versus = next((v for v in _CONFIDENT_VERSUS.get(name, ()) if v in confident), None)
+        if versus is not None:
             row["confident_agreement_vs"] = versus
             row["confident_det_agreement"] = _agreement(confident[name], confident[versus])
         if name == "tflite-int8":
@@ -227,7 +319,9 @@ def build_ledger(model_path, result: ExportResult, data: str | os.PathLike, *, l
         previous = outs
         reference = outs if reference is None else reference
     return {"model": str(model_path), "data": str(data), "input_size": float_model.input_size,
-            "int8_input": int8_input, "diff_images": len(images), "stages": rows,
+            "int8_input": int8_input, "diff_images": len(images),
+            "weights": "per-tensor" if result.per_tensor else "per-channel",
+            "equalization": result.equalization, "stages": rows,
             "timings_s": {k: round(v, 2) for k, v in result.timings.items()}}
 
 
@@ -254,15 +348,24 @@ def ledger_markdown(ledger: dict) -> str:
         agree = f"{pct(r.get('det_agreement_prev'))} / {pct(r.get('det_agreement_vs_fake_quant'))}"
         lines.append(f"| {r['stage']} | {r['st_ap_20']:.2f} | {r['st_ap_20'] - base:+.2f} | {scores} | {offsets} | "
                      f"{agree} | {r['size_bytes'] / 1024:.1f} KiB |")
+    eq = ledger.get("equalization")
+    if eq:
+        lines += ["", f"Equalized before int8 ({ledger['weights']} weights): the weights reading "
+                  f"{eq['dead_channels']} always-zero channels zeroed, {eq['constant_channels']} constant channels moved into biases, "
+                  f"{eq['scaled_channels']} channels rescaled over {eq['pairs']} layer pairs ({eq['held_channels']} "
+                  f"left: they may reach ReLU6's clip); worst largest/median channel weight range "
+                  f"{eq['worst_range_ratio_before']:.1f} -> {eq['worst_range_ratio_after']:.1f}; biases corrected "
+                  f"on {eq['bias_correction_images']} calibration images for the int8 files only."]
     for r in ledger["stages"]:
+        if r.get("confident_det_agreement") is not None:
+            lines += ["", f"{r['stage']}: detections scoring > {CONFIDENT_SCORE} (what a deployment keeps) agree "
+                      f"with {r['confident_agreement_vs']} on {100 * r['confident_det_agreement']:.2f} %."]
         if r.get("kernel_floor_det_agreement") is not None:
             lines += ["", f"TFLite's own noise floor: the {r['stage']} file under XNNPACK vs the reference kernels "
                       f"agrees on {100 * r['kernel_floor_det_agreement']:.2f} % of boxes (max Δ scores "
                       f"{r['kernel_floor_max_diff_scores']:.2e}, offsets {r['kernel_floor_max_diff_offsets']:.2e}); "
                       f"ST-AP with the reference kernels (bit-exact with TFLite Micro/CMSIS-NN on STM32 MCUs): "
-                      f"{r['st_ap_20_reference_kernels']:.2f}. Detections scoring > {CONFIDENT_SCORE} (what a "
-                      f"deployment keeps) agree with {r['confident_agreement_vs']} on "
-                      f"{100 * r['confident_det_agreement']:.2f} %."]
+                      f"{r['st_ap_20_reference_kernels']:.2f}."]
     for r in ledger["stages"]:
         if "ops" in r:
             counts: dict[str, int] = {}
@@ -273,8 +376,17 @@ def ledger_markdown(ledger: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_ledger(ledger: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+def write_ledger(ledger: dict, out_dir: str | os.PathLike) -> tuple[Path, ...]:
+    """``ledger.json`` and ``ledger.md`` in ``out_dir``, and ``ledger_layers.png`` when the ledger has
+    the per-layer part (:mod:`.layer_ledger`), each written atomically."""
     out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "ledger.json", json.dumps(ledger, indent=2) + "\n")
-    atomic_write_text(out_dir / "ledger.md", ledger_markdown(ledger))
-    return out_dir / "ledger.json", out_dir / "ledger.md"
+    text = ledger_markdown(ledger)
+    paths = [out_dir / "ledger.json", out_dir / "ledger.md"]
+    if ledger.get("layers"):
+        from .layer_ledger import layer_ledger_markdown, plot_layer_ledger
+
+        text += "\n" + layer_ledger_markdown(ledger["layers"]).replace("# Per-layer", "## Per-layer", 1)
+        paths.append(plot_layer_ledger(ledger["layers"], out_dir / "ledger_layers.png"))
+    atomic_write_text(paths[0], json.dumps(ledger, indent=2) + "\n")
+    atomic_write_text(paths[1], text)
+    return tuple(paths)

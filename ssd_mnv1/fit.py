@@ -9,7 +9,7 @@
 
 With no arguments it runs ``lightning_configs/quickstart.yaml`` (packaged with the library).
 ``base.yaml`` is ST's recipe; the config after it sets the size (``st_<S>.yaml``) or the purpose
-(``finetune_st_224.yaml``, ``qat_224.yaml``). A config value ``???`` is a required option.
+(``finetune_st_224.yaml``, ``qat.yaml`` + ``qat_<S>.yaml``). A config value ``???`` is a required option.
 ``model.input_size`` is linked to ``data.input_size`` and ``data.class_names`` sets
 ``model.num_classes``. Trainer options (``--trainer.devices``, ``--trainer.num_nodes``,
 ``--trainer.strategy ddp``, ``--trainer.precision 16-mixed``) scale the same run to GPUs and nodes.

@@ -32,8 +32,8 @@ class SSDHead(nn.Module):
         self.box = nn.ModuleList(
             ConvBN(FPN_CHANNELS, a * 4, k, bias=True, relu6=False) for k in kernels
         )
-        # Quantization slots (see ConvBN): the concatenations requantize every level's own int8
-        # range to one shared range (TFLite rounds twice there, so QAT does too).
+        # Quantization slots (see ConvBN): TFLite gives a concatenation's inputs its own scale, so
+        # the per-level convs output int8 directly at these shared ranges.
         self.cls_quant: nn.Module = nn.Identity()
         self.box_quant: nn.Module = nn.Identity()
 

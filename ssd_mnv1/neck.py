@@ -66,6 +66,11 @@ class FPNLite(nn.Module):
             if i == len(self.lateral) - 1 and any(self.spec.top_up_pad):
                 # ST quirk (192 only): the 2x2 upsampled top is padded top/left to the 3x3 level.
                 up = F.pad(up, self.spec.top_up_pad)
-            p = self.add_quant[i](self.lateral[i](taps[i]) + up)
+            total = self.lateral[i](taps[i]) + up
+            if hasattr(self.lateral[i].output_quant, "observe_also"):
+                # TFLite quirk, measured in the converted files: a lateral conv's int8 output range
+                # also covers the sum it feeds (the union of both float ranges).
+                self.lateral[i].output_quant.observe_also(total)
+            p = self.add_quant[i](total)
             pyramid.append(p)
         return pyramid[::-1]

@@ -47,7 +47,9 @@ def draw(image: np.ndarray, boxes_px: np.ndarray, scores: np.ndarray, labels: np
     im = Image.fromarray(image)
     canvas = ImageDraw.Draw(im)
     width = max(2, round(min(im.size) / 200))
-    for (x1, y1, x2, y2), score, label in zip(boxes_px.tolist(), scores.tolist(), labels.tolist()):
+    for (ax, ay, bx, by), score, label in zip(boxes_px.tolist(), scores.tolist(), labels.tolist()):
+        # Corner coding can decode x2 < x1 (an untrained model does): draw the box it spans.
+        x1, y1, x2, y2 = min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)
         colour = COLOURS[(label - 1) % len(COLOURS)]
         canvas.rectangle((x1, y1, x2, y2), outline=colour, width=width)
         name = class_names[label - 1] if 0 < label <= len(class_names) else str(label)

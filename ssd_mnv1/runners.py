@@ -70,13 +70,19 @@ def _identify_outputs(outputs: list[np.ndarray], input_size: int) -> tuple[np.nd
 
 
 class OnnxRunner:
-    """An ONNX file through onnxruntime; NCHW (our export, ST's sample) or NHWC float input."""
+    """An ONNX file through onnxruntime: NCHW (our export, ST's sample) or NHWC input, float in
+    [-1, 1] (float export) or uint8 pixels (QDQ export: ``input`` -> DequantizeLinear(1/127.5, 127)).
 
-    def __init__(self, path: str | os.PathLike, num_threads: int | None = None):
+    ``int8_input`` for a uint8 input, as for TFLite: ``raw`` feeds the pixels (the device's
+    path), ``st`` / ``st25`` ST's host conversions (read with the input's own scale/zero point).
+    """
+
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None, int8_input: str = "raw"):
         import onnxruntime as ort
 
+        if int8_input not in INT8_INPUT_MODES:
+            raise ValueError(f"--int8-input must be one of {', '.join(INT8_INPUT_MODES)}, got {int8_input!r}")
         self.path = Path(path)
-        self.name = "onnx"
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if num_threads is not None:
@@ -84,6 +90,12 @@ class OnnxRunner:
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
+        self.quantized = inp.type == "tensor(uint8)"
+        if not self.quantized and inp.type != "tensor(float)":
+            raise ValueError(f"{path}: input '{inp.name}' is {inp.type}; expected float (float export) or uint8 (QDQ)")
+        self.name = "onnx-qdq" if self.quantized else "onnx"
+        self.int8_input = int8_input
+        self.input_quantization = _onnx_input_quantization(self.path, inp.name) if self.quantized else None
         shape = inp.shape
         self.nchw = shape[1] == 3
         size = shape[2] if self.nchw else shape[1]
@@ -93,16 +105,39 @@ class OnnxRunner:
         batch = shape[0]
         self.fixed_batch = batch if isinstance(batch, int) else None
 
+    def _prepare(self, images: np.ndarray) -> np.ndarray:
+        if not self.quantized:
+            x = normalize(images)
+        elif self.int8_input == "raw":
+            x = images.astype(np.uint8)
+        else:
+            x = st_host_quantize(images, *self.input_quantization, self.int8_input)
+        return x.transpose(0, 3, 1, 2) if self.nchw else x
+
     def __call__(self, images: np.ndarray):
-        x = normalize(images)
-        if self.nchw:
-            x = x.transpose(0, 3, 1, 2)
+        x = self._prepare(images)
         if self.fixed_batch is not None and x.shape[0] != self.fixed_batch:
             parts = [self.session.run(None, {self.input_name: x[i:i + 1]}) for i in range(x.shape[0])]
             outs = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
         else:
             outs = self.session.run(None, {self.input_name: np.ascontiguousarray(x)})
         return _identify_outputs(outs, self.input_size)
+
+
+def _onnx_input_quantization(path: Path, input_name: str) -> tuple[float, int]:
+    """(scale, zero point) of the DequantizeLinear that reads a QDQ file's uint8 input."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    consts = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] == input_name:
+            if node.input[1] in consts and len(node.input) > 2 and node.input[2] in consts:
+                return (float(numpy_helper.to_array(consts[node.input[1]])),
+                        int(numpy_helper.to_array(consts[node.input[2]])))
+    raise ValueError(f"{path}: uint8 input '{input_name}' is not read by a DequantizeLinear with constant "
+                     "scale and zero point")
 
 
 def st_host_quantize(images: np.ndarray, scale: float, zero_point: int, mode: str = "st") -> np.ndarray:
@@ -229,7 +264,7 @@ def open_runner(path: str | os.PathLike, *, int8_input: str = "raw", h5_backend:
         return TorchRunner(load_model(path), "pytorch" if kind == "checkpoint" else "pytorch (.h5 import)", device)
     if kind == "onnx":
         try:
-            return OnnxRunner(path, num_threads=num_threads)
+            return OnnxRunner(path, num_threads=num_threads, int8_input=int8_input)
         except ImportError:
             raise ValueError(f"{path}: running .onnx files needs onnxruntime; "
                              "install the export extra: pip install -e '.[export]'") from None

@@ -260,20 +260,73 @@ def _tiny_coco(folder: Path, n: int = 4) -> Path:
     return folder
 
 
-def test_ledger_evaluates_every_stage_and_writes_json_and_markdown(exported, tmp_path):
+def test_ledger_evaluates_every_stage_and_writes_json_markdown_and_the_layer_chart(exported, tmp_path):
+    from ssd_mnv1.export.layer_ledger import build_layer_ledger
     from ssd_mnv1.export.pipeline import build_ledger, write_ledger
 
     _, result, root = exported
-    ledger = build_ledger(root / "tiny.ckpt", result, _tiny_coco(tmp_path / "data"))
+    data = _tiny_coco(tmp_path / "data")
+    ledger = build_ledger(root / "tiny.ckpt", result, data)
     stages = [r["stage"] for r in ledger["stages"]]
-    assert stages == ["pytorch-float", "onnx", "tflite-fp32", "tflite-int8"]
+    assert stages == ["pytorch-float", "onnx", "tflite-fp32", "pytorch-fake-quant", "tflite-int8"]
     rows = {r["stage"]: r for r in ledger["stages"]}
     assert rows["tflite-fp32"]["max_diff_vs_float_scores"] < 1e-4
     assert rows["tflite-fp32"]["det_agreement_prev"] == 1.0
     int8 = rows["tflite-int8"]
     assert 0.0 <= int8["det_agreement_prev"] <= 1.0 and 0.0 <= int8["kernel_floor_det_agreement"] <= 1.0
     assert "st_ap_20_reference_kernels" in int8 and "CONV_2D" in int8["ops"]
-    assert int8["confident_agreement_vs"] == "tflite-fp32" and 0.0 <= int8["confident_det_agreement"] <= 1.0
-    json_path, md_path = write_ledger(ledger, tmp_path / "out")
+    assert int8["confident_agreement_vs"] == "pytorch-fake-quant" and 0.0 <= int8["confident_det_agreement"] <= 1.0
+    assert ledger["equalization"] is None and ledger["weights"] == "per-channel"
+    ledger["layers"] = build_layer_ledger(result.models["pytorch-fake-quant"], result.files["tflite-int8"],
+                                          result.files["tflite-fp32"], data, limit=2, progress=False)
+    json_path, md_path, png_path = write_ledger(ledger, tmp_path / "out")
     text = md_path.read_text()
     assert "| tflite-int8 |" in text and "noise floor" in text and json_path.is_file()
+    assert "## Per-layer" in text and "`backbone.conv1`" in text
+    assert png_path.name == "ledger_layers.png" and png_path.stat().st_size > 10_000
+
+
+def test_per_tensor_export_equalizes_exactly_and_writes_the_qdq_file_without_tensorflow(exported, tmp_path):
+    """Per-tensor int8 from a float model equalizes first (the float function is kept); --no-equalize
+    and a per-channel export do not."""
+    from ssd_mnv1.export.pipeline import export
+
+    _, _, root = exported
+    result = export(root / "tiny.ckpt", tmp_path / "pt", "onnx-qdq", calib=root / "calib", calib_count=4,
+                    per_tensor=True, log=lambda *_: None)
+    assert set(result.files) == {"onnx", "onnx-qdq"} and result.files["onnx-qdq"].name == "tiny_qdq_per_tensor.onnx"
+    assert result.equalization["pairs"] > 0 and result.equalization["bias_correction_images"] == 4
+    x = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    with torch.no_grad():
+        for a, b in zip(result.models["pytorch-float"](x), result.models["pytorch-equalized"](x)):
+            assert float((a - b).abs().max()) < 1e-4
+    assert result.onnx_parity["scores"] < 1e-4  # the float ONNX is the equalized model
+    plain = export(root / "tiny.ckpt", tmp_path / "plain", "onnx-qdq", calib=root / "calib", calib_count=4,
+                   per_tensor=True, equalize=False, log=lambda *_: None)
+    assert plain.equalization is None and "pytorch-equalized" not in plain.models
+
+
+def test_a_qat_checkpoint_exports_with_the_weight_granularity_it_was_trained_with(exported, tmp_path):
+    from ssd_mnv1.export.pipeline import export
+    from ssd_mnv1.quantization import calibrate, prepare_qat
+
+    model, _, root = exported
+    qat = calibrate(prepare_qat(model, per_tensor=True), [torch.rand(2, 3, SIZE, SIZE) * 2 - 1])
+    ckpt = save_checkpoint(qat, tmp_path / "qat_pt.ckpt")
+    with pytest.raises(ValueError, match="per-tensor QAT checkpoint; export it with --per-tensor"):
+        export(ckpt, tmp_path / "out", "onnx-qdq", calib=root / "calib", log=lambda *_: None)
+    result = export(ckpt, tmp_path / "out", ("onnx", "onnx-qdq"), calib=root / "calib", per_tensor=True,
+                    log=lambda *_: None)
+    assert result.equalization is None and result.models["pytorch-fake-quant"] is not None
+
+
+def test_export_cli_takes_several_targets_and_names_a_wrong_one(exported, tmp_path):
+    _, _, root = exported
+    ok = subprocess.run([sys.executable, "-m", "ssd_mnv1.export", str(root / "tiny.ckpt"), "--to", "onnx", "onnx-qdq",
+                         "--calib", str(root / "calib"), "--calib-count", "2", "--out", str(tmp_path)],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert (tmp_path / "tiny.onnx").is_file() and (tmp_path / "tiny_qdq.onnx").is_file()
+    bad = subprocess.run([sys.executable, "-m", "ssd_mnv1.export", str(root / "tiny.ckpt"), "--to", "onnx", "qdq",
+                          "--out", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "qdq" in bad.stderr and "Traceback" not in bad.stderr

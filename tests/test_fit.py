@@ -152,9 +152,10 @@ def test_unknown_key_in_a_config_file_is_named(tmp_path):
 CONFIGS = REPO / "lightning_configs"
 
 
-@pytest.mark.parametrize("config, size", [("st_192.yaml", 192), ("st_224.yaml", 224), ("st_256.yaml", 256),
-                                          ("finetune_st_224.yaml", 224), ("qat_224.yaml", 224)])
-def test_packaged_configs_compose_on_base_with_one_last_checkpoint(config, size, capsys, monkeypatch):
+@pytest.mark.parametrize("configs, size", [(("st_192.yaml",), 192), (("st_224.yaml",), 224), (("st_256.yaml",), 256),
+                                           (("finetune_st_224.yaml",), 224), (("qat.yaml", "qat_192.yaml"), 192),
+                                           (("qat.yaml", "qat_224.yaml"), 224), (("qat.yaml", "qat_256.yaml"), 256)])
+def test_packaged_configs_compose_on_base_with_one_last_checkpoint(configs, size, capsys, monkeypatch):
     import yaml
 
     from ssd_mnv1.fit import SSDLightningCLI
@@ -162,7 +163,8 @@ def test_packaged_configs_compose_on_base_with_one_last_checkpoint(config, size,
     monkeypatch.setattr(sys, "argv", ["ssd_mnv1.fit"])  # LightningCLI warns when given args and sys.argv
     with pytest.raises(SystemExit) as done:
         SSDLightningCLI(SSDLightningModule, DetectionDataModule, args=[
-            "fit", "--config", str(CONFIGS / "base.yaml"), "--config", str(CONFIGS / config), "--print_config"])
+            "fit", "--config", str(CONFIGS / "base.yaml"), *[a for c in configs for a in ("--config", str(CONFIGS / c))],
+            "--print_config"])
     assert done.value.code in (0, None)
     merged = yaml.safe_load(capsys.readouterr().out)
     assert merged["model"]["input_size"] == size
@@ -170,6 +172,7 @@ def test_packaged_configs_compose_on_base_with_one_last_checkpoint(config, size,
     assert callbacks.count("FitReport") == 1 and callbacks.count("ModelCheckpoint") == 1  # the best one
     assert merged["last_checkpoint"]["filename"] == "last" and merged["last_checkpoint"]["monitor"] is None
     assert merged["trainer"]["default_root_dir"] == merged["trainer"]["logger"]["init_args"]["save_dir"]
+    assert merged["trainer"]["default_root_dir"].endswith(f"_{size}")
 
 
 def test_packaged_configs_name_no_local_paths():
@@ -182,8 +185,8 @@ def test_required_config_values_are_named_in_one_error(monkeypatch):
 
     monkeypatch.setattr(sys, "argv", ["ssd_mnv1.fit"])
     with pytest.raises(ValueError) as info:
-        fit.main(["fit", "--config", str(CONFIGS / "base.yaml"), "--config", str(CONFIGS / "qat_224.yaml"),
-                  "--data.train", "somewhere"])
+        fit.main(["fit", "--config", str(CONFIGS / "base.yaml"), "--config", str(CONFIGS / "qat.yaml"),
+                  "--config", str(CONFIGS / "qat_224.yaml"), "--data.train", "somewhere"])
     message = str(info.value)
     assert "--model.weights" in message and "--trainer.callbacks.calibration_images" in message
     assert "--data.train" not in message and "\n" not in message

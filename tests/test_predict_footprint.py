@@ -43,6 +43,15 @@ def test_predict_draws_boxes_and_writes_pixel_detections(tmp_path, tiny_ckpt):
     assert ((drawn == (255, 64, 64)).all(-1)).sum() > 20  # the box colour is on the image
 
 
+def test_predict_draws_boxes_whose_corners_decode_inverted():
+    """Corner offsets of an untrained model can put x2 left of x1; drawing must not fail on it."""
+    from ssd_mnv1.predict import draw
+
+    image = np.zeros((64, 64, 3), np.uint8)
+    out = draw(image, np.array([[40.0, 30.0, 10.0, 5.0]]), np.array([0.9]), np.array([1]), ["person"])
+    assert np.asarray(out)[5:31, 10].any()  # the box's left edge, at min(x1, x2)
+
+
 def test_predict_reports_a_missing_image_clearly(tmp_path, tiny_ckpt):
     res = subprocess.run([sys.executable, "-m", "ssd_mnv1.predict", str(tiny_ckpt), str(tmp_path / "nope.jpg"),
                           "--out", str(tmp_path / "o")], capture_output=True, text=True)

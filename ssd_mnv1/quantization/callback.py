@@ -36,6 +36,9 @@ class QuantizationAwareTraining(pl.Callback):
       a module that supports it (``SSDLightningModule``) adds the distillation loss.
     * ``per_tensor``: one weight scale per kernel instead of per output channel (the STM32MP25
       NPU's int8; export the checkpoint with ``--per-tensor``).
+    * ``equalize``: start from the equalized float model (:mod:`.equalize`: dead channels folded,
+      layers equalized - exact - and, with ``calibration_images``, biases corrected for the int8
+      weights), as the exporter does for per-tensor post-training quantization.
     * ``calibrate_only``: no training - calibrate and stop (a post-training-quantization baseline
       whose fake-quant numbers the int8 TFLite reproduces).
     Checkpoints are marked ``hyper_parameters['qat'] = True`` (and ``qat_per_tensor``) so every
@@ -44,9 +47,10 @@ class QuantizationAwareTraining(pl.Callback):
 
     def __init__(self, calibration_batches: int = 8, distillation_weight: float = 0.0, calibrate_only: bool = False,
                  calibration_images: str | None = None, calibration_count: int = 100, calibration_seed: int = 0,
-                 freeze_ranges: bool = False, per_tensor: bool = False):
+                 freeze_ranges: bool = False, per_tensor: bool = False, equalize: bool = False):
         super().__init__()
         self.per_tensor = per_tensor
+        self.equalize = equalize
         self.calibration_batches = calibration_batches
         self.calibration_images = calibration_images
         self.calibration_count = calibration_count
@@ -68,7 +72,23 @@ class QuantizationAwareTraining(pl.Callback):
                 p.requires_grad_(False)
             pl_module.teacher = teacher
             pl_module.distillation_weight = self.distillation_weight
-        pl_module.model = prepare_qat(pl_module.model, per_tensor=self.per_tensor)
+        model = pl_module.model
+        if self.equalize and trainer.ckpt_path is None:
+            model = self._equalized(model)
+        pl_module.model = prepare_qat(model, per_tensor=self.per_tensor)
+
+    def _equalized(self, model: torch.nn.Module) -> torch.nn.Module:
+        from .calibration import as_batches, calibration_images
+        from .equalize import correct_bias, equalize
+
+        model, report = equalize(model)
+        print(f"QAT starts from the equalized model: {report.dead_channels} dead and {report.constant_channels} "
+              f"constant channels folded, {report.scaled_channels} channels rescaled", flush=True)
+        if self.calibration_images is not None:
+            images = calibration_images(self.calibration_images, model.input_size, self.calibration_count,
+                                        self.calibration_seed, option="QuantizationAwareTraining.calibration_images")
+            model = correct_bias(model, as_batches(images), self.per_tensor)
+        return model
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.ckpt_path is None:

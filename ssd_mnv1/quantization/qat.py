@@ -9,8 +9,10 @@ straight-through gradients):
   fused with their conv, so their range is observed within [0, 6]; on real images almost every
   layer reaches 6 (scale 6/255, zp -128, as in ST's file). Laterals, adds, the pooled top, the
   concatenated logits and offsets are unbounded. A pad and a bilinear x2 resize keep their
-  input's quantization in TFLite, so no quantizer is placed after them; the heads' concatenation
-  requantizes each level's own range to a shared one, so both are simulated.
+  input's quantization in TFLite, so no quantizer is placed after them (the resize's rounding to
+  that grid is not simulated); a concatenation has one scale for its inputs and output, so the
+  per-level head convs are quantized once, at the concatenation's range; a lateral conv's range
+  also covers the sum it feeds (measured in TFLite's files).
 * The input is uint8 with scale 1/127.5 and zero point 127 fed with raw pixels (the device's
   path): the network sees (p - 127)/127.5, half a step above p/127.5 - 1.
 * The softmax output is fixed at scale 1/256, zp -128; outputs are dequantized to float.
@@ -67,6 +69,11 @@ class ActivationQuantizer(nn.Module):
         scale = torch.clamp((hi - lo) / 255.0, min=1e-8)
         zero_point = torch.clamp(torch.round(-128 - lo / scale), -128, 127).to(torch.int32)
         return scale.float().reshape(1), zero_point.reshape(1)
+
+    def observe_also(self, x: torch.Tensor) -> None:
+        """Widen the range with a tensor this quantizer does not quantize (see ``FPNLite.forward``)."""
+        if self.observe and not self.fixed and (self.training or self.observer == "minmax"):
+            self._update(x)
 
     @torch.no_grad()
     def _update(self, x: torch.Tensor) -> None:
@@ -145,7 +152,8 @@ def prepare_qat(model: SSDMobileNetV1, inplace: bool = False, per_tensor: bool =
 
     Every conv block folds its BN and gets int8 weights and an int8 output (ReLU6 outputs start
     at, and stay within, [0, 6]); the neck's pooled input and sums, the heads' concatenations and
-    the softmax (fixed 1/256 scale, TFLite's) get output quantizers.
+    the softmax (fixed 1/256 scale, TFLite's) get output quantizers. The per-level head convs get
+    none: TFLite quantizes them at their concatenation's scale.
     """
     if not isinstance(model, SSDMobileNetV1):
         raise TypeError(f"prepare_qat expects an SSDMobileNetV1, got {type(model).__name__}")
@@ -156,11 +164,15 @@ def prepare_qat(model: SSDMobileNetV1, inplace: bool = False, per_tensor: bool =
         return model
     if not inplace:
         model = copy.deepcopy(model)
+    # TFLite's concatenation has one scale for its inputs and output, so each head conv writes its
+    # int8 output at the concatenation's scale: cls_quant / box_quant quantize it, once.
+    head_convs = {id(m) for m in list(model.head.cls) + list(model.head.box)}
     for m in model.modules():
         if isinstance(m, ConvBN):
             m.weight_quant = WeightQuantizer(per_tensor)
             relu6 = isinstance(m.act, nn.ReLU6)
-            m.output_quant = ActivationQuantizer(bounds=(0.0, 6.0) if relu6 else None)
+            if id(m) not in head_convs:
+                m.output_quant = ActivationQuantizer(bounds=(0.0, 6.0) if relu6 else None)
     model.neck.gap_quant = ActivationQuantizer()
     model.neck.add_quant = nn.ModuleList(ActivationQuantizer() for _ in model.neck.lateral)
     model.head.cls_quant = ActivationQuantizer()
@@ -274,24 +286,30 @@ _LEGACY_QUANTIZERS = (
     (r"add(\d+)", r"neck.add_quant.\1"),
     (r"gap", "neck.gap_quant"),
     (r"top", "neck.top.output_quant"),
-    (r"cls(\d+)", r"head.cls.\1.output_quant"),
-    (r"box(\d+)", r"head.box.\1.output_quant"),
+    (r"cls(\d+)", r"head.cls.\1.output_quant"),  # retired below: the head convs share the concat's
+    (r"box(\d+)", r"head.box.\1.output_quant"),  # scale
     (r"logits", "head.cls_quant"),
     (r"offsets", "head.box_quant"),
     (r"scores", "scores_quant"),
 )
 
 
+#: Quantizers older QAT checkpoints have and today's model does not (their ranges are dropped).
+_RETIRED_QUANTIZERS = re.compile(r"head\.(cls|box)\.\d+\.output_quant\.")
+
+
 def remap_legacy_qat_state(state: dict, prefix: str = "") -> dict:
-    """Rename an old QAT state dict's keys (``model.<float>``, ``q.<name>.min_val``) to today's.
+    """Rename an old QAT state dict's keys (``model.<float>``, ``q.<name>.min_val``) to today's and
+    drop the ranges of retired quantizers (the per-level head outputs).
 
     Only keys under ``prefix`` (a Lightning checkpoint's ``"model."``) are the detector's; the rest
-    pass through, and so does a state dict that is not a legacy one.
+    pass through, and so does a current state dict.
     """
-    if not any(k.startswith(prefix + "q.") for k in state):
-        return state
-    return {prefix + _legacy_key(key[len(prefix):]) if key.startswith(prefix) else key: value
-            for key, value in state.items()}
+    if any(k.startswith(prefix + "q.") for k in state):
+        state = {prefix + _legacy_key(key[len(prefix):]) if key.startswith(prefix) else key: value
+                 for key, value in state.items()}
+    return {key: value for key, value in state.items()
+            if not (key.startswith(prefix) and _RETIRED_QUANTIZERS.match(key[len(prefix):]))}
 
 
 def _legacy_key(key: str) -> str:
