@@ -56,11 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.ledger:
         ledger = build_ledger(args.model, result, args.ledger, limit=args.ledger_limit, int8_input=args.int8_input)
         if args.layer_ledger and "tflite-int8" in result.files:
+            from ssd_mnv1.quantization.calibration import calibration_images, int8_simulation
+
             from .layer_ledger import build_layer_ledger
 
-            # The fake-quant model the int8 file was converted from (equalized, QAT or calibrated).
-            layers = build_layer_ledger(result.models["pytorch-fake-quant"], result.files["tflite-int8"],
-                                        result.files["tflite-fp32"], args.ledger, limit=args.ledger_limit)
+            # Costs need the true float model as their baseline: the fake-quant model the int8 file
+            # was converted from (QAT or calibrated), but for an equalized export the equalized one
+            # before bias correction (which corrects all layers jointly: with one layer quantized, it
+            # would offset the others).
+            source = result.models.get("pytorch-equalized")
+            model = (result.models["pytorch-fake-quant"] if source is None else
+                     int8_simulation(source, calibration_images(args.calib, source.input_size, args.calib_count),
+                                     args.per_tensor))
+            layers = build_layer_ledger(model, result.files["tflite-int8"], result.files["tflite-fp32"], args.ledger,
+                                        limit=args.ledger_limit)
             ledger["layers"] = {**layers, "model": str(args.model)}
         paths = write_ledger(ledger, args.out)
         print(ledger_markdown(ledger))
