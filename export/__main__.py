@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", default=["tflite-int8"], nargs="+", choices=TARGETS, metavar="TARGET",
                         help=f"one or more of {', '.join(TARGETS)} (default tflite-int8)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--calib", help="folder of calibration images (needed for tflite-int8)")
+    parser.add_argument("--calib", help="folder of calibration images (needed for tflite-int8 and onnx-qdq)")
     parser.add_argument("--calib-count", type=int, default=100, help="calibration images to use (default 100)")
     parser.add_argument("--per-tensor", action="store_true", help="per-tensor int8 weights (STM32MP25 NPU)")
     parser.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=None,
