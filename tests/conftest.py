@@ -54,3 +54,27 @@ def trained_like_model():
         return model.eval()
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_export(tmp_path_factory, trained_like_model):
+    """(model, ExportResult, root) of one real float -> int8 export of the seeded 192 model, shared by
+    the export and ledger tests (one onnx2tf run, ~1 min): ``root/tiny.ckpt`` and ``root/calib``
+    (6 random JPEGs, all used for calibration)."""
+    pytest.importorskip("onnx2tf")
+    import numpy as np
+    from PIL import Image
+
+    from ssd_mnv1.checkpoint import save_checkpoint
+    from ssd_mnv1.export.pipeline import export
+
+    root = tmp_path_factory.mktemp("tiny_int8_export")
+    calib = root / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(calib / f"{i}.jpg")
+    model = trained_like_model(192)
+    ckpt = save_checkpoint(model, root / "tiny.ckpt")
+    result = export(ckpt, root / "out", "tflite-int8", calib=calib, calib_count=6, log=lambda *_: None)
+    return model, result, root

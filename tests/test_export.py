@@ -22,19 +22,8 @@ SIZE = 192
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, trained_like_model):
-    root = tmp_path_factory.mktemp("export")
-    calib = root / "calib"
-    calib.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(calib / f"{i}.jpg")
-    model = trained_like_model(SIZE)
-    ckpt = save_checkpoint(model, root / "tiny.ckpt")
-    from ssd_mnv1.export.pipeline import export
-
-    result = export(ckpt, root / "out", "tflite-int8", calib=calib, calib_count=6, log=lambda *_: None)
-    return model, result, root
+def exported(tiny_int8_export):
+    return tiny_int8_export
 
 
 def _run_tflite(path, x_uint8):

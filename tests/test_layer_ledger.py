@@ -18,7 +18,6 @@ pytest.importorskip("onnx2tf")
 pytest.importorskip("ai_edge_litert")
 
 from ssd_mnv1.backbone import ConvBN  # noqa: E402
-from ssd_mnv1.checkpoint import save_checkpoint  # noqa: E402
 
 SIZE = 192
 IMAGES = 4
@@ -42,31 +41,24 @@ def _synthetic_coco(root, n: int = IMAGES):
 
 
 @pytest.fixture(scope="module")
-def ledgers(tmp_path_factory, trained_like_model):
+def ledgers(tmp_path_factory, tiny_int8_export):
     """(model, per-channel ledger, per-tensor ledger (with leave-one-out), files, data, calib)."""
     from ssd_mnv1.export import tf_stage, tflite_edit
     from ssd_mnv1.export.layer_ledger import build_layer_ledger
-    from ssd_mnv1.export.pipeline import export
     from ssd_mnv1.anchors import generate_anchors
     from ssd_mnv1.quantization.calibration import calibration_images
 
+    model, result, export_root = tiny_int8_export
     root = tmp_path_factory.mktemp("layer_ledger")
-    calib = root / "calib"
-    calib.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(calib / f"{i}.jpg")
+    calib, ckpt = export_root / "calib", export_root / "tiny.ckpt"
     data = _synthetic_coco(root / "data")
-    model = trained_like_model(SIZE)
-    ckpt = save_checkpoint(model, root / "tiny.ckpt")
-    result = export(ckpt, root / "out", "tflite-int8", calib=calib, calib_count=6, log=lambda *_: None)
     # The per-tensor file from the same SavedModel, as export(per_tensor=True) makes it (saves a
     # second onnx2tf run).
     cal = calibration_images(calib, SIZE, 6)
     int8_pt = tflite_edit.finalize_outputs(
         tf_stage.to_tflite_int8(result.files["saved_model"], cal, per_tensor=True),
         generate_anchors(SIZE).numpy(), quantized=True)
-    per_tensor_file = root / "out" / "tiny_int8_per_tensor.tflite"
+    per_tensor_file = root / "tiny_int8_per_tensor.tflite"
     per_tensor_file.write_bytes(int8_pt)
     files = {"fp32": result.files["tflite-fp32"], "pc": result.files["tflite-int8"], "pt": per_tensor_file}
     pc = build_layer_ledger(model, files["pc"], files["fp32"], data, calib_images=calib, calib_count=6,
