@@ -437,7 +437,7 @@ def quantizer_costs(qat_model, dataset, images, *, leave_one_out: bool = False, 
                     progress: bool = True) -> dict:
     """ST-AP of ``qat_model`` with no quantizer, all of them and each layer's alone (and, with
     ``leave_one_out``, all but each layer's), plus each layer's local SQNR on ``local_images``."""
-    from tqdm import tqdm
+    from ssd_mnv1.progress import progress as progress_bar
 
     from ssd_mnv1.preprocess import normalize
 
@@ -457,15 +457,16 @@ def quantizer_costs(qat_model, dataset, images, *, leave_one_out: bool = False, 
         x = x.to(next(qat_model.parameters()).device)
         result["local_sqnr"] = _local_sqnr(qat_model, layers, x)
         result["float"] = _st_ap(qat_model, dataset, images)
-        for path, _, qs in tqdm(layers, desc="ST-AP, one layer quantized", unit="layer", disable=not progress):
+        for path, _, qs in progress_bar(layers, desc="ST-AP, one layer quantized", unit="layer",
+                                        disable=not progress):
             switch(qs, True)
             result["alone"][path] = _st_ap(qat_model, dataset, images)
             switch(qs, False)
         switch(everything, True)
         result["all"] = _st_ap(qat_model, dataset, images)
         if leave_one_out:
-            for path, _, qs in tqdm(layers, desc="ST-AP, all but one layer quantized", unit="layer",
-                                    disable=not progress):
+            for path, _, qs in progress_bar(layers, desc="ST-AP, all but one layer quantized", unit="layer",
+                                            disable=not progress):
                 switch(qs, False)
                 result["without"][path] = _st_ap(qat_model, dataset, images)
                 switch(qs, True)
@@ -500,7 +501,7 @@ def build_layer_ledger(model, int8_tflite: str | os.PathLike, fp32_tflite: str |
     ``leave_one_out``: also the ST-AP with every layer quantized but one (doubles the time).
     ``local_images``: images for each layer's local SQNR (PyTorch, only that layer quantized).
     """
-    from tqdm import tqdm
+    from ssd_mnv1.progress import progress as progress_bar
 
     from ssd_mnv1.data import open_dataset
     from ssd_mnv1.evaluate import evaluate, resize_all
@@ -551,7 +552,7 @@ def build_layer_ledger(model, int8_tflite: str | os.PathLike, fp32_tflite: str |
     images = resize_all(dataset, size, progress=False, limit=limit)
 
     t0 = time.perf_counter()
-    bar = tqdm(total=len(images), desc="SQNR int8 vs float32 TFLite", unit="img", disable=not progress)
+    bar = progress_bar(total=len(images), desc="SQNR int8 vs float32 TFLite", unit="img", disable=not progress)
     pair = _PairRunner(q, f, matches, bar)
     int8_ap = evaluate(pair, dataset, ("st20",), images=images, batch_size=16, progress=False).st_ap["st20"]
     bar.close()

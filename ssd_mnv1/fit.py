@@ -24,11 +24,13 @@ from importlib import resources
 from pathlib import Path
 
 from pytorch_lightning import Trainer
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from pytorch_lightning.cli import LightningCLI
 
 from .cli import run
-from .training import DetectionDataModule, NonFiniteLossError, SSDLightningModule
+from .progress import is_terminal
+from .training import DetectionDataModule, LearningCurves, LogProgressBar, NonFiniteLossError, SSDLightningModule
+from .training.threads import AdaptiveThreads
 
 #: A config value that must be replaced on the command line (OmegaConf's spelling of "missing").
 REQUIRED = "???"
@@ -68,6 +70,19 @@ def _required_left(value, key: str = "") -> list[str]:
     return [f"--{key}"] if value == REQUIRED else []
 
 
+def _with_tensorboard(logger, default_root_dir):
+    """``logger`` (None, one or a list) plus a TensorBoardLogger in ``<run folder>/tensorboard``."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    loggers = (list(logger) if isinstance(logger, (list, tuple))
+               else [] if isinstance(logger, bool) or logger is None else [logger])
+    if any(isinstance(lg, TensorBoardLogger) for lg in loggers):
+        return loggers
+    folder = getattr(loggers[0], "log_dir", None) if loggers else None
+    return [*loggers, TensorBoardLogger(folder or default_root_dir or ".", name="", version="tensorboard",
+                                        default_hp_metric=False)]
+
+
 class SSDLightningCLI(LightningCLI):
     """LightningCLI with linked model/data options, required ``???`` values, and a last checkpoint.
 
@@ -75,7 +90,10 @@ class SSDLightningCLI(LightningCLI):
     folder that does not change between runs (the best checkpoints go to the logger's versioned
     folder), so ``--ckpt_path last`` finds it when resuming. Its options are ``--last_checkpoint.*``
     (e.g. ``every_n_train_steps`` for long epochs). It is left out when checkpointing is off or a
-    config's own callbacks already write ``last.ckpt``.
+    config's own callbacks already write ``last.ckpt``. On the CPU, :class:`AdaptiveThreads` is added
+    too unless ``data.torch_threads`` fixes the thread count; a fit writes ``learning_curves.png``
+    into the run folder (:class:`LearningCurves`); when stdout is not a terminal the progress bar
+    prints plain lines (:class:`LogProgressBar`); ``--tensorboard true`` adds a TensorBoard logger.
     """
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -87,6 +105,8 @@ class SSDLightningCLI(LightningCLI):
                              "last_checkpoint.monitor": None, "last_checkpoint.save_top_k": 1,
                              "last_checkpoint.enable_version_counter": False})
         parser.link_arguments("trainer.default_root_dir", "last_checkpoint.dirpath", compute_fn=_checkpoint_dir)
+        parser.add_argument("--tensorboard", type=bool, default=False,
+                            help="also log to TensorBoard, in <run folder>/tensorboard")
 
     def _subconfig(self, config):
         return config[self.subcommand] if self.subcommand else config
@@ -103,8 +123,21 @@ class SSDLightningCLI(LightningCLI):
         trainer = {**config.get("trainer", {}), **kwargs}
         callbacks = trainer.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        added = []
         if trainer.get("enable_checkpointing") is not False and not any(map(_writes_last, callbacks)):
-            kwargs["callbacks"] = [*callbacks, config["last_checkpoint"]]
+            added.append(config["last_checkpoint"])
+        if self._subconfig(self.config).get("data", {}).get("torch_threads") is None and not any(
+                isinstance(cb, AdaptiveThreads) for cb in callbacks):
+            added.append(AdaptiveThreads())  # acts on the CPU accelerator only
+        if self.subcommand == "fit" and not any(isinstance(cb, LearningCurves) for cb in callbacks):
+            added.append(LearningCurves())
+        if (trainer.get("enable_progress_bar") is not False and not is_terminal(sys.stdout)
+                and not any(isinstance(cb, ProgressBar) for cb in callbacks)):
+            added.append(LogProgressBar())  # plain lines in a log (no carriage-return redraws)
+        if self._subconfig(self.config).get("tensorboard") and trainer.get("logger") is not False:
+            kwargs["logger"] = _with_tensorboard(trainer.get("logger"), trainer.get("default_root_dir"))
+        if added:
+            kwargs["callbacks"] = [*callbacks, *added]
         return super().instantiate_trainer(**kwargs)
 
 

@@ -135,6 +135,14 @@ def resize(image, size: int, interpolation: str = "nearest") -> np.ndarray:
     raise ValueError(f"unknown interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}")
 
 
+def resize_uint8(image, size: int, interpolation: str = "nearest") -> np.ndarray:
+    """:func:`resize` rounded to uint8 (bilinear gives float): what training augments, as cv2 would."""
+    pixels = resize(image, size, interpolation)
+    if pixels.dtype != np.uint8:
+        pixels = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+    return pixels
+
+
 def normalize(pixels):
     """Pixels 0..255 (numpy or torch, any layout) -> float32 x/127.5 - 1, in float32 as TF computes it."""
     if isinstance(pixels, torch.Tensor):

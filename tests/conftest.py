@@ -8,11 +8,21 @@ from pathlib import Path
 import pytest
 
 # Under pytest-xdist each worker gets one core's worth of torch threads (2 workers on 2 cores),
-# instead of every worker spinning up a thread per core.
+# instead of every worker spinning up a thread per core; SSD_MNV1_CPUS tells the training CPU plan
+# (ssd_mnv1.cpus) the same, also in the CLI subprocesses the tests start.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     import torch
 
     torch.set_num_threads(1)
+    os.environ["SSD_MNV1_CPUS"] = "1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def image_cache_dir(tmp_path_factory) -> Path:
+    """Decoded-image caches of the tests go to a temporary folder, not the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("image_cache")
+    os.environ["SSD_MNV1_CACHE"] = str(folder)
+    return folder
 
 SHARED = Path(os.environ.get("SSD_MNV1_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 

@@ -51,9 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-from tqdm import tqdm
-
 from ..fileio import atomic_path, atomic_write_text
+from ..progress import progress as progress_bar
 from .datasets import check_coco_structure, coco_bbox, coco_category_labels
 
 DEFAULT_BASE_URL = "http://images.cocodataset.org"
@@ -111,8 +110,8 @@ def load_checksums(path: str | os.PathLike) -> dict[str, dict]:
 
 def file_md5(path: Path, progress: bool = False) -> str:
     digest = hashlib.md5()
-    with open(path, "rb") as f, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
-                                     desc=f"md5 {path.name}", disable=not progress) as bar:
+    with open(path, "rb") as f, progress_bar(total=path.stat().st_size, unit="B", unit_scale=True,
+                                             desc=f"md5 {path.name}", disable=not progress) as bar:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
             bar.update(len(chunk))
@@ -159,8 +158,8 @@ def _fetch(url: str, part: Path, *, timeout: float, progress: bool) -> int | Non
             if have:
                 _say(f"{url}: server ignored the resume request; downloading from the start")
             have, mode, total = 0, "wb", length
-        with open(part, mode) as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                                         desc=part.name[:-5], disable=not progress) as bar:
+        with open(part, mode) as f, progress_bar(total=total, initial=have, unit="B", unit_scale=True,
+                                                 desc=part.name[:-5], disable=not progress) as bar:
             while chunk := response.read(_CHUNK):
                 f.write(chunk)
                 bar.update(len(chunk))
@@ -527,7 +526,7 @@ def _prepare(src: CocoSource, split: str, out: Path, names: list[str], layouts: 
 
     coco_images = out / "coco" / "images"
     yolo_images, yolo_labels = out / "yolo" / "images", out / "yolo" / "labels"
-    for iid in tqdm(kept, desc=f"{split} -> {out}", unit="img", disable=not progress):
+    for iid in progress_bar(kept, desc=f"{split} -> {out}", unit="img", disable=not progress):
         rel, img = files[iid], images[iid]
         coco_dest = coco_images / rel
         if "coco" in layouts:

@@ -2,7 +2,7 @@
 
 from ..quantization.callback import QuantizationAwareTraining
 from .augment import NO_AUGMENTATION, Augmentation, build_transforms
-from .callbacks import FitReport
+from .callbacks import FitReport, LearningCurves, LogProgressBar, save_learning_curves
 from .data import DetectionCollate, DetectionDataModule, DetectionSamples
 from .loss import hard_negative_mining_loss, softmax_focal_loss, ssd_loss
 from .matcher import anchor_targets, batch_anchor_targets, match_anchors
@@ -10,6 +10,7 @@ from .module import NonFiniteLossError, SSDLightningModule
 from .synthetic import SyntheticPersons, render_scene
 
 __all__ = ["NO_AUGMENTATION", "Augmentation", "DetectionCollate", "DetectionDataModule", "DetectionSamples",
-           "FitReport", "NonFiniteLossError", "QuantizationAwareTraining", "SSDLightningModule",
-           "SyntheticPersons", "anchor_targets", "batch_anchor_targets", "build_transforms",
-           "hard_negative_mining_loss", "match_anchors", "render_scene", "softmax_focal_loss", "ssd_loss"]
+           "FitReport", "LearningCurves", "LogProgressBar", "NonFiniteLossError", "QuantizationAwareTraining",
+           "SSDLightningModule", "SyntheticPersons", "anchor_targets", "batch_anchor_targets", "build_transforms",
+           "hard_negative_mining_loss", "match_anchors", "render_scene", "save_learning_curves",
+           "softmax_focal_loss", "ssd_loss"]

@@ -128,6 +128,12 @@ class SyntheticPersons:
         image, _ = render_scene(self.seed, i, self.size)
         return image, self.records[i]
 
+    def fingerprint(self) -> list:
+        """What the pixels depend on (for :mod:`ssd_mnv1.data.cache`): this generator's code and parameters."""
+        from ..data.cache import source_fingerprint
+
+        return ["synthetic", source_fingerprint(SyntheticPersons), self.num_images, self.seed, self.size]
+
     def describe(self) -> str:
         boxes = sum(len(r.labels) for r in self.records)
         return f"synthetic persons (seed {self.seed}): {self.num_images} images, {boxes} boxes"
