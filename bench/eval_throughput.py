@@ -2,6 +2,7 @@
 
     python bench/eval_throughput.py [--data ../shared/data/coco2017_person_val] [--limit 300]
         [--reference-dir ../shared/reference] [--metrics st20 st25 coco] [--threads 1] [--rounds 2]
+        [--device cpu|cuda]
 
 Models: with ``--reference-dir``, ST's 224 ``.h5`` through our importer (PyTorch) and ST's 224 int8
 ``.tflite``; without it, a randomly initialised 224 detector (seeded) in PyTorch and its int8 TFLite
@@ -17,14 +18,23 @@ Two figures per model, both through ``ssd_mnv1.evaluate.evaluate`` with the same
   metric;
 * pre-resized: model + post-processing + metric on images resized once by ``resize_all``.
 
-Also the bare model forward on the pre-resized images. The two models are timed alternately for
+Also the bare model forward on the pre-resized images. The models are timed alternately for
 ``--rounds`` rounds (best round kept), in one process with the same thread count, and the table
-gives the TFLite / PyTorch ratio.
+gives the PyTorch / TFLite ratio. PyTorch runs as ``ssd_mnv1.evaluate`` runs it and, as extra
+columns, with its BatchNorms folded into the convs (``TorchRunner(fold_batchnorm=True)``) and, with
+``--device cuda``, under bf16 autocast and in channels-last memory format; TFLite stays on the CPU.
+
+The last line printed is one JSON object with the end-to-end figures: ``torch_images_per_s``,
+``tflite_images_per_s``, ``ratio_torch_over_tflite``, and ``torch_<variant>_images_per_s`` for the
+extra PyTorch columns (``bn_folded``, ``bf16``, ``channels_last``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import gc
+import json
 import sys
 import tempfile
 import time
@@ -66,8 +76,8 @@ def random_detector(calib: np.ndarray, seed: int = 0, background_prior: float = 
 
 
 def prepare_models(args, tmp: Path, images: np.ndarray):
-    """(PyTorch runner, TFLite runner, description) for the chosen models."""
-    from ssd_mnv1.runners import TFLiteRunner, TorchRunner
+    """(PyTorch model, TFLite runner, description) for the chosen models."""
+    from ssd_mnv1.runners import TFLiteRunner
 
     if args.reference_dir is not None:
         from ssd_mnv1.weights import load_keras_h5
@@ -77,7 +87,7 @@ def prepare_models(args, tmp: Path, images: np.ndarray):
             st = st_files(args.reference_dir, SIZE, must_exist=True)
         except FileNotFoundError as exc:
             raise SystemExit(f"--reference-dir {exc}") from None
-        return (TorchRunner(load_keras_h5(st.h5), "pytorch (ST .h5)"),
+        return (load_keras_h5(st.h5),
                 TFLiteRunner(st.int8_tflite, "raw", num_threads=args.threads),
                 "ST's 224 .h5 (PyTorch) vs ST's 224 int8 .tflite")
 
@@ -92,9 +102,20 @@ def prepare_models(args, tmp: Path, images: np.ndarray):
     result = export(ckpt, tmp / "export", "tflite-int8", calib=args.data, calib_count=args.calib_count,
                     log=lambda *_: None)
     print(f"exported the random model to int8 TFLite in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    return (TorchRunner(model, "pytorch (random init)"),
+    return (model,
             TFLiteRunner(result.files["tflite-int8"], "raw", num_threads=args.threads),
             "random-init 224 detector (PyTorch) vs its int8 .tflite from our exporter")
+
+
+def torch_runners(model, device: str) -> dict:
+    """The PyTorch columns: ``ssd_mnv1.evaluate``'s runner first, then the variants (JSON key: runner)."""
+    from ssd_mnv1.runners import TorchRunner
+
+    variants = {"": {}, "bn_folded": {"fold_batchnorm": True}}
+    if device != "cpu":
+        variants.update(bf16={"autocast": torch.bfloat16}, channels_last={"channels_last": True})
+    return {key: TorchRunner(copy.deepcopy(model), f"pytorch {key}".strip(), device, **options)
+            for key, options in variants.items()}
 
 
 def time_model_only(runner, images: np.ndarray, batch_size: int) -> float:
@@ -127,7 +148,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best is kept")
     parser.add_argument("--calib-count", type=int, default=50, help="random model: int8 calibration images")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu",
+                        help="PyTorch device (cpu, cuda, cuda:1, ...); TFLite runs on the CPU")
     args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA device visible to PyTorch")
 
     from ssd_mnv1.data import open_dataset
     from ssd_mnv1.evaluate import resize_all
@@ -142,10 +167,16 @@ def main() -> None:
         t0 = time.perf_counter()
         images = resize_all(dataset, SIZE, workers=args.workers, limit=limit, progress=False)
         decode_ips = limit / (time.perf_counter() - t0)
-        torch_runner, tflite_runner, what = prepare_models(args, Path(tmp), images)
-        runners = {"pytorch": torch_runner, "tflite": tflite_runner}
+        model, tflite_runner, what = prepare_models(args, Path(tmp), images)
+        torch_columns = torch_runners(model, args.device)
+        runners = {f"pytorch {key}".strip(): r for key, r in torch_columns.items()} | {"tflite": tflite_runner}
         for r in runners.values():  # warm-up (TFLite delegate set-up, torch first-call overheads)
-            r(images[:2])
+            r(images[:args.batch_size])
+        import pycocotools.cocoeval  # noqa: F401  (imported by the first COCO metric otherwise)
+
+        import ssd_mnv1.metrics  # noqa: F401
+
+        gc.freeze()  # as ssd_mnv1.evaluate's CLI does: full collections would walk the imports' objects
         best = {name: {"model": 0.0, "pre": 0.0, "e2e": 0.0} for name in runners}
         ap = {}
         for _ in range(args.rounds):
@@ -157,21 +188,31 @@ def main() -> None:
                 ips, _ = time_evaluate(runner, dataset, metrics, limit, args.batch_size, args.workers)
                 b["e2e"] = max(b["e2e"], ips)
 
-    p, t = best["pytorch"], best["tflite"]
+    from ssd_mnv1.evaluate import default_workers
+
+    t = best["tflite"]
+    columns = [name for name in runners if name != "tflite"]
+    workers = default_workers() if args.workers is None else args.workers
     print(f"# Evaluation throughput at {SIZE}: {what}")
     print(f"{limit} images of {args.data}, metrics {' + '.join(metrics)}, {args.threads} thread(s), "
-          f"batch {args.batch_size}, best of {args.rounds} alternating round(s); "
-          f"decode + resize alone (resize_all): {decode_ips:.1f} img/s")
+          f"{workers} decoding worker(s), batch {args.batch_size}, PyTorch on {args.device}, best of "
+          f"{args.rounds} alternating round(s); decode + resize alone (resize_all): {decode_ips:.1f} img/s")
     print()
-    print("| images/s | PyTorch | TFLite | TFLite / PyTorch |")
-    print("|---|---|---|---|")
+    print("| images/s | " + " | ".join(columns) + " | TFLite | PyTorch / TFLite |")
+    print("|---|" + "---|" * (len(columns) + 2))
     for key, label in (("e2e", "end to end (JPEG decode + resize + model + post-processing + metric)"),
                        ("pre", "pre-resized (model + post-processing + metric)"),
                        ("model", "model forward only (pre-resized)")):
-        print(f"| {label} | {p[key]:.1f} | {t[key]:.1f} | {t[key] / p[key]:.2f} |")
+        cells = " | ".join(f"{best[name][key]:.1f}" for name in columns)
+        print(f"| {label} | {cells} | {t[key]:.1f} | {best['pytorch'][key] / t[key]:.2f} |")
     print()
     print("ST-AP of the timed runs: " + "; ".join(
         f"{name} " + ", ".join(f"{k} {v:.2f}" for k, v in ap[name].items()) for name in runners))
+    summary = {"torch_images_per_s": round(best["pytorch"]["e2e"], 1),
+               "tflite_images_per_s": round(t["e2e"], 1),
+               "ratio_torch_over_tflite": round(best["pytorch"]["e2e"] / t["e2e"], 3)}
+    summary |= {f"torch_{key}_images_per_s": round(best[f"pytorch {key}"]["e2e"], 1) for key in torch_columns if key}
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

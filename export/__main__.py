@@ -1,7 +1,7 @@
 """Export a checkpoint or .h5 to ONNX / QDQ ONNX / TFLite float32 / TFLite int8 with ST's I/O contract.
 
     python -m ssd_mnv1.export MODEL --to onnx|onnx-qdq|tflite-fp32|tflite-int8 [...] --out DIR
-                              [--calib DIR] [--per-tensor] [--no-equalize] [--ledger DATA_DIR]
+                              [--calib DIR] [--per-tensor] [--no-equalize] [--mcu] [--ledger DATA_DIR]
 
 Each target includes the stages it needs (tflite-int8: onnx, tflite-fp32; onnx-qdq: onnx); give
 several to get them from one model and calibration. The int8 TFLite has a uint8 input (scale
@@ -9,6 +9,10 @@ several to get them from one model and calibration. The int8 TFLite has a uint8 
 ST's order; the QDQ ONNX (for ST Edge AI Core / the STM32N6 flow) has the same uint8 input in NCHW,
 int8 weights and the same three float outputs. Weights are per-channel unless --per-tensor (the
 STM32MP25 NPU); a float model exported per tensor is equalized first (--no-equalize: not).
+--mcu writes the TFLite files with a static batch of 1 and the anchors as a plain int8 constant
+(RESHAPE + DEQUANTIZE; no SHAPE/STRIDED_SLICE/TILE), for TensorFlow Lite Micro, which has no TILE
+kernel: the same network, outputs and quantization, names ending in _mcu (with the mcu extra
+installed, the int8 file is loaded and run in TFLM once and its arena size printed).
 --ledger evaluates every produced stage (ST-AP, max |Δ| to the previous stage and to PyTorch float)
 and, with an int8 TFLite, every quantized layer (SQNR, ST-AP cost), into DIR/ledger.{json,md,png}.
 """
@@ -36,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=None,
                         help="fold dead channels, equalize layers and correct biases before int8 "
                              "(default: on with --per-tensor for a float model, off otherwise)")
+    parser.add_argument("--mcu", action="store_true",
+                        help="static batch 1 and no batch-dependent op, so that TensorFlow Lite Micro loads the "
+                             "TFLite files (ST's files and the default export tile the anchors over a dynamic batch)")
     parser.add_argument("--ledger", metavar="DATA_DIR", help="evaluate every stage on this dataset")
     parser.add_argument("--ledger-limit", type=int, help="evaluate only the first N ledger images")
     parser.add_argument("--layer-ledger", action=argparse.BooleanOptionalAction, default=True,
@@ -51,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow()
     t0 = time.perf_counter()
     result = export(args.model, args.out, tuple(args.to), calib=args.calib, calib_count=args.calib_count,
-                    per_tensor=args.per_tensor, equalize=args.equalize)
+                    per_tensor=args.per_tensor, equalize=args.equalize, mcu=args.mcu)
     print(f"export chain done in {time.perf_counter() - t0:.1f} s")
     if args.ledger:
         ledger = build_ledger(args.model, result, args.ledger, limit=args.ledger_limit, int8_input=args.int8_input)

@@ -9,6 +9,12 @@ order by *content* (offsets and anchors have the same shape, so both files are r
 images at batch 2 and each output is classified as scores, offsets or anchors); and the absence
 of custom/Flex ops. Tensor names and the internal op list are reported as notes only (ST's
 evaluation code identifies outputs by position). Exit status 0 when compatible, 1 otherwise.
+
+The ``--mcu`` variant (static batch 1 for TensorFlow Lite Micro) is recognised: against a
+reference with a dynamic batch, its batch of 1 is reported as that variant's one difference (a
+``batch:`` note) and everything else is checked as usual. With tflite-micro installed (the ``mcu``
+extra) each file is also loaded in TFLite Micro and the result noted (arena bytes, or the op TFLM
+has no kernel for).
 """
 
 from __future__ import annotations
@@ -37,6 +43,17 @@ class Contract:
     ops: list[str] = field(default_factory=list)
     roles: list[str] | None = None  # per output: scores / offsets / anchors / other
     probe_error: str | None = None  # why the file could not be run at PROBE_BATCH
+    tflm: str | None = None  # what TensorFlow Lite Micro says of the file (None: tflite-micro not installed)
+
+    @property
+    def batch(self) -> set[int]:
+        """The batch dimensions of the inputs' and outputs' shape signatures (-1: dynamic)."""
+        return {d["shape_signature"][0] for d in self.inputs + self.outputs if d["shape_signature"]}
+
+    @property
+    def static_batch(self) -> bool:
+        """Batch 1 everywhere: the ``--mcu`` variant."""
+        return self.batch == {1}
 
 
 def _probe_input(detail: dict, batch: int) -> np.ndarray:
@@ -87,7 +104,23 @@ def read_contract(path: str | os.PathLike) -> Contract:
                         [describe(d) for d in it.get_output_details()], op_list(path))
     if len(contract.inputs) == 1:
         contract.roles, contract.probe_error = _probe(path)
+    contract.tflm = _tflm_status(path)
     return contract
+
+
+def _tflm_status(path) -> str | None:
+    """Whether TensorFlow Lite Micro loads the file (and its arena bytes), or why not."""
+    from ssd_mnv1.tflm import TFLMRunner, TFLMUnsupportedModel, tflm_available
+
+    if not tflm_available():
+        return None
+    try:
+        runner = TFLMRunner(path)
+    except TFLMUnsupportedModel as exc:
+        return "cannot load it: " + (f"no kernel for {', '.join(exc.missing_ops)}" if exc.missing_ops else str(exc))
+    except ValueError as exc:  # loads, but is not a detector this project runs (e.g. not 4-D input)
+        return f"loads it, but: {exc}"
+    return f"loads it (arena {runner.arena_report().arena_bytes:,} bytes)"
 
 
 def _probe(path) -> tuple[list[str] | None, str | None]:
@@ -156,9 +189,20 @@ def output_quantization(path: str | os.PathLike) -> list[tuple[float, int] | Non
     return result
 
 
+def mcu_variant_of(ours: Contract, ref: Contract) -> bool:
+    """``ours`` is the static-batch (``--mcu``) variant of a reference with a dynamic batch."""
+    return ours.static_batch and -1 in ref.batch
+
+
 def compare(ours: Contract, ref: Contract) -> tuple[list[str], list[str]]:
-    """(differences that break the contract, informational notes)."""
+    """(differences that break the contract, informational notes).
+
+    When ``ours`` is the ``--mcu`` variant of a dynamic-batch reference (:func:`mcu_variant_of`),
+    its batch (shape signatures 1 vs -1, and not running at batch :data:`PROBE_BATCH`) is one
+    ``batch:`` note instead of differences; any other difference is still reported.
+    """
     diffs, notes = [], []
+    mcu = mcu_variant_of(ours, ref)
     for kind, a_list, b_list in (("input", ours.inputs, ref.inputs), ("output", ours.outputs, ref.outputs)):
         if len(a_list) != len(b_list):
             diffs.append(f"{kind}s: {len(a_list)} vs reference {len(b_list)}")
@@ -173,12 +217,18 @@ def compare(ours: Contract, ref: Contract) -> tuple[list[str], list[str]]:
                               or a["zero_point"] != b["zero_point"]):
                 diffs.append(f"{where}: quantization scale {a['scale']:.9g} zp {a['zero_point']} vs reference "
                              f"scale {b['scale']:.9g} zp {b['zero_point']}")
-            if a["shape_signature"] != b["shape_signature"]:
+            batch_only = (mcu and a["shape_signature"][1:] == b["shape_signature"][1:]
+                          and a["shape_signature"][:1] == [1] and b["shape_signature"][:1] == [-1])
+            if a["shape_signature"] != b["shape_signature"] and not batch_only:
                 diffs.append(f"{where}: shape signature {a['shape_signature']} vs reference {b['shape_signature']} "
                              "(-1 = dynamic batch, which ST's host evaluation resizes)")
             if a["name"] != b["name"]:
                 notes.append(f"{where}: names differ (not part of the contract: ST's code indexes tensors by position)")
-    if ours.probe_error and not ref.probe_error:
+    if mcu:
+        notes.insert(0, "batch: static 1 (the --mcu variant, which TensorFlow Lite Micro loads) where the reference "
+                        "has a dynamic batch (-1): every input and output has batch 1 and the file runs one image "
+                        "at a time (ST's host evaluation resizes the reference's input to 64 images instead)")
+    if ours.probe_error and not ref.probe_error and not mcu:
         diffs.append(f"cannot run at batch {PROBE_BATCH} as the reference can: {ours.probe_error}")
     if ours.roles is not None and ref.roles is not None and ours.roles != ref.roles:
         diffs.append(f"output order by content: {ours.roles} vs reference {ref.roles}")
@@ -188,6 +238,8 @@ def compare(ours: Contract, ref: Contract) -> tuple[list[str], list[str]]:
     flex = [op for op in ours.ops if op.startswith("CUSTOM")]
     if flex:
         diffs.append(f"custom/Flex ops present: {sorted(set(flex))}")
+    if ours.tflm is not None:
+        notes.append(f"TensorFlow Lite Micro {ours.tflm}; on the reference, {ref.tflm}")
     return diffs, notes
 
 
@@ -206,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         for line in diffs:
             print(f"DIFFERS: {line}")
         return 1
+    if mcu_variant_of(ours, ref):
+        print(f"compatible except for the batch: {args.tflite} (static batch 1, the --mcu variant) has the I/O "
+              f"contract of {args.reference} otherwise")
+        return 0
     print(f"compatible: {args.tflite} has the I/O contract of {args.reference}")
     return 0
 

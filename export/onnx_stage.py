@@ -57,7 +57,8 @@ def onnx_parity(path: str | os.PathLike, model: torch.nn.Module, images_nchw: np
     return diffs
 
 
-def prepare_for_onnx2tf(src: str | os.PathLike, dst: str | os.PathLike, *, check_batch: int = 2) -> Path:
+def prepare_for_onnx2tf(src: str | os.PathLike, dst: str | os.PathLike, *, check_batch: int = 2,
+                        static_batch: bool = False) -> Path:
     """Copy of the ONNX file for onnx2tf: no constant ``anchors`` output, and a dynamic batch.
 
     onnx2tf drops graph outputs that are constants, so the TFLite stage re-adds the anchors itself
@@ -68,11 +69,20 @@ def prepare_for_onnx2tf(src: str | os.PathLike, dst: str | os.PathLike, *, check
     plain RESHAPEs (a ``Shape``-derived target instead makes it emit dynamic-axis concats that are
     not TFLite builtins). The result is checked with onnxruntime: batch ``check_batch`` must give
     the batch-1 outputs for every item.
+
+    ``static_batch`` (the ``--mcu`` export, for TensorFlow Lite Micro, which has no dynamic shapes)
+    keeps the exported batch of 1 everywhere: only the anchors output is removed.
     """
     import onnx
     from onnx import numpy_helper
 
     m = onnx.shape_inference.infer_shapes(onnx.load(str(src)), strict_mode=True)
+    if static_batch:
+        _drop_anchors_output(m)
+        del m.graph.value_info[:]  # as below: onnx2tf infers the shapes itself
+        onnx.checker.check_model(m, full_check=True)
+        onnx.save(m, str(dst))
+        return Path(dst)
     static = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
               for v in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input)}
     for node in m.graph.node:
@@ -85,9 +95,7 @@ def prepare_for_onnx2tf(src: str | os.PathLike, dst: str | os.PathLike, *, check
         target = f"{node.output[0]}__batch_dynamic_shape"
         m.graph.initializer.append(numpy_helper.from_array(np.asarray([-1] + out[1:], np.int64), target))
         node.input[1] = target
-    keep = [o for o in m.graph.output if o.name != "anchors"]
-    del m.graph.output[:]
-    m.graph.output.extend(keep)
+    _drop_anchors_output(m)
     for v in list(m.graph.input) + list(m.graph.output):
         v.type.tensor_type.shape.dim[0].dim_param = "batch"
     del m.graph.value_info[:]
@@ -95,6 +103,12 @@ def prepare_for_onnx2tf(src: str | os.PathLike, dst: str | os.PathLike, *, check
     onnx.save(m, str(dst))
     _check_batch_independent(dst, check_batch)
     return Path(dst)
+
+
+def _drop_anchors_output(m) -> None:
+    keep = [o for o in m.graph.output if o.name != "anchors"]
+    del m.graph.output[:]
+    m.graph.output.extend(keep)
 
 
 def _check_batch_independent(path: str | os.PathLike, batch: int) -> None:

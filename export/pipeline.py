@@ -39,6 +39,10 @@ class ExportResult:
     models: dict[str, torch.nn.Module] = field(default_factory=dict)
     equalization: dict | None = None
     per_tensor: bool = False
+    #: The ``--mcu`` variant: static batch 1, no batch-dependent op (TensorFlow Lite Micro loads it).
+    mcu: bool = False
+    #: With ``mcu`` and tflite-micro installed: the arena bytes TFLM allocated for the int8 file.
+    tflm_arena_bytes: int | None = None
 
 
 def models_for_export(path: str | os.PathLike):
@@ -66,7 +70,7 @@ def _targets(to: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str | tuple[str, ...] = "tflite-int8", *,
            calib: str | os.PathLike | None = None, calib_count: int = 100, per_tensor: bool = False,
-           equalize: bool | None = None, log=print) -> ExportResult:
+           equalize: bool | None = None, mcu: bool = False, log=print) -> ExportResult:
     """Run the chain up to every target in ``to`` (each includes the stages it needs).
 
     Int8 targets quantize per channel, or per tensor. A float model exported per tensor is first
@@ -74,6 +78,12 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str | 
     both exact - then bias correction for the int8 files only); ``equalize`` False turns that off,
     True turns it on for per-channel too. A QAT checkpoint is exported as it was trained (its
     granularity must match ``per_tensor``; equalization does not apply).
+
+    ``mcu``: the TFLite files have a static batch of 1 and the anchors as a plain constant (int8,
+    RESHAPE, DEQUANTIZE) instead of one tiled over the runtime batch (SHAPE, STRIDED_SLICE, TILE), so that
+    TensorFlow Lite Micro, which has no TILE kernel, loads them; same network, same three outputs
+    and quantization. Their names end in ``_mcu``. With tflite-micro installed (the ``mcu`` extra)
+    the int8 file is loaded and run in TFLM once, and its arena size recorded.
     """
     from ssd_mnv1.quantization.equalize import correct_bias, equalize as equalize_model
     from ssd_mnv1.quantization.qat import per_tensor_weights
@@ -97,7 +107,8 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str | 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(model_path).stem
-    result = ExportResult(per_tensor=per_tensor)
+    result = ExportResult(per_tensor=per_tensor, mcu=mcu)
+    suffix = "_mcu" if mcu else ""
     result.models["pytorch-float"] = model
 
     int8_model = model  # the float model the int8 files are converted from
@@ -142,8 +153,8 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str | 
     with tempfile.TemporaryDirectory(prefix="ssd_mnv1_export_") as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        saved = _saved_model(onnx_path, tmp / "float")
-        final_saved = out_dir / "saved_model"
+        saved = _saved_model(onnx_path, tmp / "float", static_batch=mcu)
+        final_saved = out_dir / f"saved_model{suffix}"
         shutil.rmtree(final_saved, ignore_errors=True)
         shutil.copytree(saved, tmp / "saved_model_copy")
         os.replace(tmp / "saved_model_copy", final_saved)
@@ -152,8 +163,11 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str | 
         log(f"saved_model: {final_saved}")
 
         t0 = time.perf_counter()
-        fp32 = tflite_edit.finalize_outputs(tf_stage.to_tflite_float(saved), anchors, quantized=False)
-        result.files["tflite-fp32"] = _write(out_dir / f"{stem}_float32.tflite", fp32)
+        fp32 = tflite_edit.finalize_outputs(tf_stage.to_tflite_float(saved), anchors, quantized=False,
+                                            static_batch=mcu)
+        result.files["tflite-fp32"] = _write(out_dir / f"{stem}_float32{suffix}.tflite", fp32)
+        if mcu:
+            _no_batch_ops(result.files["tflite-fp32"])
         result.timings["tflite-fp32"] = time.perf_counter() - t0
         log(f"tflite-fp32: {result.files['tflite-fp32']}")
         if "tflite-int8" not in targets:
@@ -162,24 +176,58 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str | 
         t0 = time.perf_counter()
         if int8_model is not model:  # bias-corrected weights: their own graph, the same way
             int8_onnx = onnx_stage.export_onnx(int8_model, tmp / "int8_source.onnx")
-            saved = _saved_model(int8_onnx, tmp / "int8_source")
+            saved = _saved_model(int8_onnx, tmp / "int8_source", static_batch=mcu)
         int8 = tf_stage.to_tflite_int8(saved, calib_data, per_tensor=per_tensor)
-        int8 = tflite_edit.finalize_outputs(int8, anchors, quantized=True)
-        name = f"{stem}_int8{'_per_tensor' if per_tensor else ''}.tflite"
+        int8 = tflite_edit.finalize_outputs(int8, anchors, quantized=True, static_batch=mcu)
+        name = f"{stem}_int8{'_per_tensor' if per_tensor else ''}{suffix}.tflite"
         result.files["tflite-int8"] = _write(out_dir / name, int8)
         result.timings["tflite-int8"] = time.perf_counter() - t0
         ops = tflite_edit.op_list(result.files["tflite-int8"])
         bad = sorted({op for op in ops if op.startswith("CUSTOM")})
         if bad:
             raise RuntimeError(f"int8 model contains custom/Flex ops {bad}")
+        tflm = ""
+        if mcu:
+            result.tflm_arena_bytes = _check_static_batch(result.files["tflite-int8"])
+            tflm = ("; not loaded in TFLite Micro (tflite-micro not installed: pip install -e '.[mcu]')"
+                    if result.tflm_arena_bytes is None else
+                    f"; loads and runs in TFLite Micro, arena {result.tflm_arena_bytes:,} bytes")
         log(f"tflite-int8: {result.files['tflite-int8']} ({len(calib_data)} calibration images, "
-            f"{'per-tensor' if per_tensor else 'per-channel'})")
+            f"{'per-tensor' if per_tensor else 'per-channel'}{', static batch 1' if mcu else ''}{tflm})")
     return result
 
 
-def _saved_model(onnx_path: Path, workdir: Path) -> Path:
+def _no_batch_ops(path: Path) -> None:
+    batch_ops = sorted({op for op in tflite_edit.op_list(path) if op in tflite_edit.BATCH_OPS})
+    if batch_ops:
+        raise RuntimeError(f"{path}: the --mcu file still has batch-dependent ops {batch_ops}")
+
+
+def _check_static_batch(path: Path) -> int | None:
+    """Raise unless the ``--mcu`` file has batch 1, no batch-dependent op, and runs in LiteRT with
+    XNNPACK and with the builtin kernels; then load and run it in TensorFlow Lite Micro when
+    tflite-micro is installed: its arena bytes (None without it)."""
+    from ssd_mnv1.runners import TFLiteRunner
+    from ssd_mnv1.tflm import TFLMRunner, tflm_available
+
+    _no_batch_ops(path)
+    runners = [TFLiteRunner(path), TFLiteRunner(path, builtin=True)]
+    it = runners[0].interpreter
+    dims = [list(d["shape_signature"]) for d in it.get_input_details() + it.get_output_details()]
+    if any(d[0] != 1 for d in dims):
+        raise RuntimeError(f"{path}: the --mcu file must have batch 1 on every input and output, has {dims}")
+    if tflm_available():
+        runners.append(TFLMRunner(path))
+    size = runners[0].input_size
+    x = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    for runner in runners:
+        runner(x)
+    return runners[2].arena_report().arena_bytes if len(runners) > 2 else None
+
+
+def _saved_model(onnx_path: Path, workdir: Path, *, static_batch: bool = False) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
-    prepared = onnx_stage.prepare_for_onnx2tf(onnx_path, workdir / "for_onnx2tf.onnx")
+    prepared = onnx_stage.prepare_for_onnx2tf(onnx_path, workdir / "for_onnx2tf.onnx", static_batch=static_batch)
     return tf_stage.onnx_to_saved_model(prepared, workdir / "saved_model", workdir / "onnx2tf")
 
 
@@ -307,14 +355,16 @@ def build_ledger(model_path, result: ExportResult, data: str | os.PathLike, *, l
             row["confident_det_agreement"] = _agreement(confident[name], confident[versus])
         if name == "tflite-int8":
             row["ops"] = tflite_edit.op_list(path)
-            # TFLite's own noise floor: the same file under the reference kernels instead of XNNPACK.
-            # STM32 MCU runtimes (TFLite Micro with CMSIS-NN) are bit-exact with the reference kernels.
+            # TFLite's own noise floor: the same file under LiteRT's builtin kernels instead of XNNPACK
+            # (the key keeps its old name). Neither is the device's arithmetic: TFLite Micro's is, and
+            # it equals TFLite's reference kernels (OpResolverType.BUILTIN_REF) bit for bit.
             ref = _Recording(TFLiteRunner(path, int8_input=int8_input, builtin=True))
             row["st_ap_20_reference_kernels"] = evaluate(ref, dataset, ("st20",), images=images, limit=len(images),
                                                          progress=False).st_ap["st20"]
             ref_outs = ref.outputs()
             row["kernel_floor_max_diff_scores"], row["kernel_floor_max_diff_offsets"] = _max_diffs(outs, ref_outs)
             row["kernel_floor_det_agreement"] = _agreement(dets[name], _top_detections(ref_outs, anchors))
+            row["st_ap_20_tflm"] = _tflm_st_ap(path, int8_input, dataset, images) if result.mcu else None
         rows.append(row)
         previous = outs
         reference = outs if reference is None else reference
@@ -323,6 +373,17 @@ def build_ledger(model_path, result: ExportResult, data: str | os.PathLike, *, l
             "weights": "per-tensor" if result.per_tensor else "per-channel",
             "equalization": result.equalization, "stages": rows,
             "timings_s": {k: round(v, 2) for k, v in result.timings.items()}}
+
+
+def _tflm_st_ap(path: Path, int8_input: str, dataset, images: np.ndarray) -> float | None:
+    """ST-AP (st20) of an ``--mcu`` file under TensorFlow Lite Micro (None without tflite-micro)."""
+    from ssd_mnv1.evaluate import evaluate
+    from ssd_mnv1.tflm import TFLMRunner, tflm_available
+
+    if not tflm_available():
+        return None
+    return evaluate(TFLMRunner(path, int8_input=int8_input), dataset, ("st20",), images=images, limit=len(images),
+                    progress=False).st_ap["st20"]
 
 
 def _param_bytes(model: torch.nn.Module) -> int:
@@ -361,11 +422,13 @@ def ledger_markdown(ledger: dict) -> str:
             lines += ["", f"{r['stage']}: detections scoring > {CONFIDENT_SCORE} (what a deployment keeps) agree "
                       f"with {r['confident_agreement_vs']} on {100 * r['confident_det_agreement']:.2f} %."]
         if r.get("kernel_floor_det_agreement") is not None:
-            lines += ["", f"TFLite's own noise floor: the {r['stage']} file under XNNPACK vs the reference kernels "
+            tflm = r.get("st_ap_20_tflm")
+            lines += ["", f"TFLite's own noise floor: the {r['stage']} file under XNNPACK vs LiteRT's builtin kernels "
                       f"agrees on {100 * r['kernel_floor_det_agreement']:.2f} % of boxes (max Δ scores "
                       f"{r['kernel_floor_max_diff_scores']:.2e}, offsets {r['kernel_floor_max_diff_offsets']:.2e}); "
-                      f"ST-AP with the reference kernels (bit-exact with TFLite Micro/CMSIS-NN on STM32 MCUs): "
-                      f"{r['st_ap_20_reference_kernels']:.2f}."]
+                      f"ST-AP with the builtin kernels: {r['st_ap_20_reference_kernels']:.2f}"
+                      + (f"; under TensorFlow Lite Micro (the microcontroller runtime's arithmetic, equal to "
+                         f"TFLite's reference kernels bit for bit): {tflm:.2f}." if tflm is not None else ".")]
     for r in ledger["stages"]:
         if "ops" in r:
             counts: dict[str, int] = {}

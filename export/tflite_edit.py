@@ -5,6 +5,11 @@ files have three float32 outputs, in this order: scores (1,NA,1+C), offsets (1,N
 (1,NA,4), the anchors being an int8 constant tiled over the batch, then DEQUANTIZE. This module
 appends the anchors the same way (a float constant + TILE in float files) and fixes the output
 order and the signature, using TensorFlow's own flatbuffer schema bindings.
+
+The static-batch variant (``--mcu``, for TensorFlow Lite Micro, which has no TILE kernel and no
+dynamic shapes) appends the anchors without the batch: the int8 constant (NA,4), RESHAPE to
+(1,NA,4) and DEQUANTIZE (the float file: a float constant + RESHAPE), so that no op depends on
+the batch.
 """
 
 from __future__ import annotations
@@ -97,12 +102,39 @@ def _batch_multiples(model, sg, schema, source: int) -> int:
     return mult_i
 
 
-def finalize_outputs(tflite: bytes, anchors: np.ndarray, *, quantized: bool) -> bytes:
+#: Ops that make a file's result depend on its runtime batch; none may be in a static-batch file.
+BATCH_OPS = ("SHAPE", "STRIDED_SLICE", "TILE")
+
+
+def _static_anchors(model, sg, schema, anchors: np.ndarray, out_i: int, quantized: bool) -> None:
+    """anchors (1,NA,4) into tensor ``out_i`` with no batch-dependent op: a (NA,4) constant, RESHAPE
+    to (1,NA,4), then (int8 files) DEQUANTIZE. The RESHAPE stands where ST's TILE does: XNNPACK
+    (LiteRT's CPU default) fails to set up a DEQUANTIZE of a constant that is a graph output."""
+    T, B, O = schema.TensorType, schema.BuiltinOperator, schema.BuiltinOptions
+    shape = anchors.shape
+    shape_i = _add_tensor(model, sg, schema, "anchors/shape", (len(shape),), T.INT32, np.asarray(shape, np.int32))
+    opts = schema.ReshapeOptionsT()
+    opts.newShape = list(shape)
+    if quantized:  # as ST's files, with RESHAPE for TILE: int8 constant -> RESHAPE -> DEQUANTIZE
+        scale, zp, q = int8_affine(anchors)
+        const_i = _add_tensor(model, sg, schema, "anchors_int8_const", shape[1:], T.INT8, q[0], (scale, zp))
+        int8_i = _add_tensor(model, sg, schema, "anchors_int8", shape, T.INT8, None, (scale, zp))
+        _add_op(model, sg, schema, B.RESHAPE, [const_i, shape_i], [int8_i], options=opts,
+                options_type=O.ReshapeOptions)
+        _add_op(model, sg, schema, B.DEQUANTIZE, [int8_i], [out_i])
+        return
+    const_i = _add_tensor(model, sg, schema, "anchors_const", shape[1:], T.FLOAT32, anchors[0])
+    _add_op(model, sg, schema, B.RESHAPE, [const_i, shape_i], [out_i], options=opts, options_type=O.ReshapeOptions)
+
+
+def finalize_outputs(tflite: bytes, anchors: np.ndarray, *, quantized: bool, static_batch: bool = False) -> bytes:
     """Append the anchors output and order outputs (scores, offsets, anchors) with ST's signature.
 
     The anchors are a constant (int8 + DEQUANTIZE when ``quantized``, as in ST's files) tiled over
     the runtime batch of the input, so a file with a dynamic batch (signature -1) can be resized
-    like ST's and still returns one anchor set per image.
+    like ST's and still returns one anchor set per image. ``static_batch``: the file has batch 1
+    (``--mcu``); the anchors are the constant itself, RESHAPEd to (1,NA,4) (and DEQUANTIZEd when
+    ``quantized``): no op depends on the batch.
     """
     schema, fbu = _schema()
     model = fbu.convert_bytearray_to_object(bytearray(tflite))
@@ -121,12 +153,18 @@ def finalize_outputs(tflite: bytes, anchors: np.ndarray, *, quantized: bool) -> 
     scores_i, offsets_i = scores_i[0], offsets_i[0]
     input_i = int(sg.inputs[0])
     in_sig = sg.tensors[input_i].shapeSignature
-    signature = None if in_sig is None or int(in_sig[0]) != -1 else (-1, na, 4)
+    dynamic = in_sig is not None and int(in_sig[0]) == -1
+    if static_batch and (dynamic or int(sg.tensors[input_i].shape[0]) != 1):
+        raise ValueError(f"a static-batch file needs an input of batch 1, this one has shape "
+                         f"{list(sg.tensors[input_i].shape)} (signature {None if in_sig is None else list(in_sig)})")
+    signature = (-1, na, 4) if dynamic else None
     anchors = anchors.reshape(1, na, 4).astype(np.float32)
     T, B = schema.TensorType, schema.BuiltinOperator
-    multiples_i = _batch_multiples(model, sg, schema, input_i)
+    multiples_i = None if static_batch else _batch_multiples(model, sg, schema, input_i)
     out_i = _add_tensor(model, sg, schema, "anchors", (1, na, 4), T.FLOAT32, signature=signature)
-    if quantized:
+    if static_batch:
+        _static_anchors(model, sg, schema, anchors, out_i, quantized)
+    elif quantized:
         scale, zp, q = int8_affine(anchors)
         const_i = _add_tensor(model, sg, schema, "anchors_int8_const", (1, na, 4), T.INT8, q, (scale, zp))
         tiled_i = _add_tensor(model, sg, schema, "anchors_int8", (1, na, 4), T.INT8, None, (scale, zp), signature)

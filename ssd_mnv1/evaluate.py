@@ -15,16 +15,18 @@ for (``--metric all`` gives all four).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from .progress import progress as progress_bar
 
 from .cli import run
+from .cpus import available_cpus
 from .fileio import atomic_write_text
 from .preprocess import DECODERS, INTERPOLATIONS, load_image, resize
 from .runners import INT8_INPUT_MODES, TFLITE_KERNELS
@@ -84,18 +86,38 @@ def resize_all(dataset, size: int, interpolation: str = "nearest", *, workers: i
                decoder: str = "pil") -> np.ndarray:
     """Decode and resize a dataset once (N, S, S, 3), to run several models on the same pixels.
 
-    ``limit``: only the first N images (pass the same ``limit`` to :func:`evaluate`).
+    ``limit``: only the first N images (pass the same ``limit`` to :func:`evaluate`). ``workers``:
+    decoding processes, by default one per available CPU (up to 4): there is nothing else to run.
     """
     view = ResizedImages(dataset, size, interpolation, decoder)
     if limit is not None and limit < len(view):
         view = torch.utils.data.Subset(view, range(max(0, limit)))
-    loader = _loader(view, batch_size, workers, decoder)
-    batches = [b for b, _ in tqdm(loader, desc=f"decode+resize @{size}", unit="batch", disable=not progress)]
+    loader = _loader(view, batch_size, min(4, available_cpus()) if workers is None else workers, decoder)
+    batches = [b for b, _ in progress_bar(loader, desc=f"decode+resize @{size}", unit="batch", disable=not progress)]
     return np.concatenate(batches) if batches else np.zeros((0, size, size, 3), np.uint8)
 
 
+def default_workers(cpus: int | None = None) -> int:
+    """Decoding worker processes for evaluation: half the CPUs this process may use
+    (:func:`ssd_mnv1.cpus.available_cpus`), at least 1 and at most 4.
+
+    A JPEG costs about as much CPU as the model and post-processing of its image together, so the
+    other half goes to the main process: the runner's threads and the post-processing thread.
+    """
+    cpus = available_cpus() if cpus is None else max(1, int(cpus))
+    return max(1, min(4, cpus // 2))
+
+
+def default_threads(workers: int | None = None, cpus: int | None = None) -> int:
+    """Compute threads (torch intra-op, TFLite, onnxruntime) that leave the decoding workers their
+    CPUs: ``cpus - workers``, at least 1 (oversubscribed OpenMP threads wait on each other)."""
+    cpus = available_cpus() if cpus is None else max(1, int(cpus))
+    workers = default_workers(cpus) if workers is None else workers
+    return max(1, cpus - workers)
+
+
 def _loader(view, batch_size: int, workers: int | None, decoder: str = "pil") -> DataLoader:
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    workers = default_workers() if workers is None else workers
     if decoder == "tf":  # TensorFlow is not fork-safe once initialised; its decoder is fast anyway
         workers = 0
     return DataLoader(view, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
@@ -111,6 +133,12 @@ def evaluate(runner, dataset, metrics: tuple[str, ...] = ("st20",), *, batch_siz
     :func:`resize_all` (skips decoding); only those are evaluated. ``decoder``: see
     :data:`DECODERS`. ``st25_nms``: NMS back-end of the st25 and COCO post-processing
     (``postprocess.NMS_BACKENDS``; ``tf`` is ST 2025's own op and breaks score ties as ST does).
+    ``workers``: decoding processes (default :func:`default_workers`); the compute threads are the
+    caller's (``torch.set_num_threads``, the runner's own; see :func:`default_threads`).
+
+    Three stages overlap: decoding (worker processes), the runner (this thread) and post-processing
+    + metric updates of the previous batch (one helper thread; NMS and the torch forward release
+    the GIL). Batches are post-processed in order, so the results are those of a serial loop.
     """
     from .metrics import STAPEvaluator, coco_metrics
     from .postprocess import postprocess
@@ -135,9 +163,10 @@ def evaluate(runner, dataset, metrics: tuple[str, ...] = ("st20",), *, batch_siz
                          workers, decoder)
     records = dataset.records
     seen = []
-    for batch, indices in tqdm(loader, desc=f"evaluate {runner.name} @{size}", unit="batch",
-                                disable=not progress):
-        scores, offsets, anchors = runner(batch)
+
+    def score(outputs, indices: list[int]) -> None:
+        """Post-processing and metric updates of one batch (the helper thread)."""
+        scores, offsets, anchors = outputs
         dets = {v: postprocess(scores, offsets, anchors, variant=v, nms=st25_nms if v == "st25" else "torch")
                 for v in variants}
         for variant in variants:  # dataset indices as ids: score ties go in dataset order
@@ -148,7 +177,18 @@ def evaluate(runner, dataset, metrics: tuple[str, ...] = ("st20",), *, batch_siz
                 postprocess(scores, offsets, anchors, variant="st25", nms=st25_nms)
             for i, det in zip(indices, coco_in):
                 coco_dets[records[i].image_id] = det
-        seen += indices
+        seen.extend(indices)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate-postprocess") as helper:
+        pending = None
+        for batch, indices in progress_bar(loader, desc=f"evaluate {runner.name} @{size}", unit="batch",
+                                   disable=not progress):
+            outputs = runner(batch)
+            if pending is not None:
+                pending.result()  # one batch in flight at most; re-raises its error here
+            pending = helper.submit(score, outputs, indices)
+        if pending is not None:
+            pending.result()
     result = EvaluationResult(images=len(seen), model=runner.name, input_size=size)
     for variant, ev in evaluators.items():
         res = ev.compute()
@@ -190,10 +230,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="NMS of st25/COCO: torch (default) or tf (ST 2025's own op, needs tensorflow; "
                              "breaks ties between equal int8 scores as ST does)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, help="decoding worker processes (default: up to 4)")
+    parser.add_argument("--workers", type=int,
+                        help="decoding worker processes (default: half the available CPUs, 1 to 4)")
     parser.add_argument("--threads", type=int,
-                        help="PyTorch / TFLite compute threads (default: the libraries' own); 1 is much "
-                             "faster on a machine whose cores are busy with other work")
+                        help="PyTorch / TFLite / onnxruntime compute threads (default: the available CPUs "
+                             "less the workers, at least 1); 1 is much faster on a machine whose cores "
+                             "are busy with other work")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
     parser.add_argument("--json", help="write the metrics as JSON (percentages)")
     parser.add_argument("--pr-curve", help="write a precision-recall PNG")
@@ -202,17 +244,22 @@ def main(argv: list[str] | None = None) -> int:
     from .data import open_dataset
     from .runners import open_runner
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    runner = open_runner(args.model, int8_input=args.int8_input, num_threads=args.threads,
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.workers is not None and args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    threads = default_threads(args.workers) if args.threads is None else args.threads
+    torch.set_num_threads(threads)
+    runner = open_runner(args.model, int8_input=args.int8_input, num_threads=threads,
                          tflite_kernels=args.tflite_kernels)
     if args.size is not None and args.size != runner.input_size:
         raise ValueError(f"--size {args.size} does not match {args.model}, whose input is "
                          f"{runner.input_size}x{runner.input_size}")
     dataset = open_dataset(args.data)
     metrics = ("st20", "st25", "coco") if args.metric == "all" else (args.metric,)
+    # The ~400k objects of the torch/TF imports and the model are never garbage; each full cyclic
+    # collection would walk them again (~0.25 s, a few times per run): set them aside.
+    gc.freeze()
     result = evaluate(runner, dataset, metrics, batch_size=args.batch_size, workers=args.workers,
                       interpolation=args.interpolation, limit=args.limit, decoder=args.decoder,
                       st25_nms=args.st25_nms)

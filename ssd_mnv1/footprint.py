@@ -1,10 +1,17 @@
-"""Footprint of a detector: parameters, MACs, int8 TFLite size, peak activation memory, CPU latency.
+"""Footprint of a detector: parameters, MACs, int8 TFLite size, peak activation memory, CPU latency,
+and the arena TensorFlow Lite Micro allocates for it.
 
     python -m ssd_mnv1.footprint MODEL [--calib DIR] [--threads 1] [--runs 50]
 
-MODEL is a ``.ckpt``/``.h5`` (exported to int8 on the fly; random calibration images unless
---calib, which changes no size) or an int8 ``.tflite``. ST's published STM32 figures for the same
-resolution are printed beside ours and labelled as theirs.
+MODEL is a ``.ckpt``/``.h5`` (exported on the fly to the ``--mcu`` int8 file, the one TFLite Micro
+loads; random calibration images unless --calib, which changes no size) or an int8 ``.tflite``.
+ST's published STM32 figures for the same resolution are printed beside ours and labelled as theirs.
+
+For a file TFLite Micro (TFLM, the ``mcu`` extra) loads, the arena bytes come from TFLM's own
+allocation report (its RecordingMicroAllocator), next to ST's published activation RAM and weights
+flash (Cube.AI 10.0, STM32H747) and next to the project's two estimates: the live-set peak (the
+least any planner keeping each tensor whole needs) and a mirror of TFLM's greedy memory planner,
+which gives TFLM's activation bytes exactly.
 """
 
 from __future__ import annotations
@@ -90,21 +97,31 @@ def tflite_architecture(tflite_path) -> dict:
             "num_classes": scores[0] - 1}
 
 
+def _tensor_bytes(sg, schema):
+    size_of = {schema.TensorType.INT8: 1, schema.TensorType.UINT8: 1, schema.TensorType.INT16: 2,
+               schema.TensorType.INT32: 4, schema.TensorType.FLOAT32: 4, schema.TensorType.INT64: 8,
+               schema.TensorType.FLOAT16: 2, schema.TensorType.BOOL: 1}
+    return lambda i: int(np.prod(sg.tensors[i].shape)) * size_of.get(sg.tensors[i].type, 4)
+
+
+def _is_const(model, sg):
+    def is_const(i):
+        buf = model.buffers[sg.tensors[i].buffer]
+        return buf.data is not None and len(buf.data) > 0
+
+    return is_const
+
+
 def peak_activation_bytes(tflite_path) -> int:
     """Peak of the bytes of live activation tensors, executing the ops in order.
 
     A tensor lives from the op that writes it to the last op that reads it (graph inputs from the
-    start, outputs to the end); constants are excluded. No in-place reuse is assumed, so this is
-    an upper-bound style estimate comparable to, not equal to, a deployment tool's arena size.
+    start, outputs to the end); constants are excluded. This is the least memory any planner that
+    keeps every tensor whole (no in-place reuse) can give the graph: a lower bound, which a real
+    planner exceeds by its fragmentation (TFLite Micro's: :func:`tflm_plan_bytes`).
     """
     model, sg, schema = _read_tflite(tflite_path)
-    size_of = {schema.TensorType.INT8: 1, schema.TensorType.UINT8: 1, schema.TensorType.INT16: 2,
-               schema.TensorType.INT32: 4, schema.TensorType.FLOAT32: 4, schema.TensorType.INT64: 8,
-               schema.TensorType.FLOAT16: 2}
-
-    def is_const(i):
-        buf = model.buffers[sg.tensors[i].buffer]
-        return buf.data is not None and len(buf.data) > 0
+    tensor_bytes, is_const = _tensor_bytes(sg, schema), _is_const(model, sg)
 
     n_ops = len(sg.operators)
     first, last = {}, {}
@@ -119,12 +136,75 @@ def peak_activation_bytes(tflite_path) -> int:
                 last[i] = step
     for i in sg.outputs:
         last[i] = n_ops
-    nbytes = {i: int(np.prod(sg.tensors[i].shape)) * size_of.get(sg.tensors[i].type, 4) for i in first}
+    nbytes = {i: tensor_bytes(i) for i in first}
     peak = 0
     for step in range(n_ops):
         live = sum(b for i, b in nbytes.items() if first[i] <= step <= last.get(i, first[i]))
         peak = max(peak, live)
     return peak
+
+
+#: TFLite Micro aligns every arena buffer to this many bytes (MicroArenaBufferAlignment()).
+TFLM_BUFFER_ALIGNMENT = 16
+
+
+def tflm_plan_bytes(tflite_path) -> int:
+    """The activation bytes TFLite Micro's memory planner gives the file (the arena's non-persistent
+    "head", kernels' scratch buffers aside), computed the way TFLM does it, without TFLM.
+
+    Lifetimes as TFLM's ``AllocationInfoBuilder``: graph inputs from scope 0, op ``k`` at scope
+    ``k + 1`` creates its outputs and last-uses its inputs and outputs, graph outputs last to the
+    end; constants are not planned. Each buffer is rounded up to :data:`TFLM_BUFFER_ALIGNMENT`.
+    Placement as TFLM's ``GreedyMemoryPlanner``: buffers by decreasing size (ties: the later
+    tensor first, as its stable sort of a reversed list gives), each at the lowest offset where it
+    overlaps no placed buffer that is live at the same time. The result is the highest end offset.
+    """
+    model, sg, schema = _read_tflite(tflite_path)
+    tensor_bytes, is_const = _tensor_bytes(sg, schema), _is_const(model, sg)
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+
+    def use(i: int, scope: int) -> None:
+        last[i] = max(last.get(i, scope), scope)
+
+    for i in sg.inputs:
+        first.setdefault(int(i), 0)
+        use(int(i), 0)
+    scope = 0
+    for op in sg.operators:
+        scope += 1
+        outputs = [int(i) for i in op.outputs if i >= 0]
+        for i in outputs:
+            first.setdefault(i, scope)
+        for i in [int(i) for i in op.inputs if i >= 0] + outputs:
+            use(i, scope)
+    for i in sg.outputs:
+        use(int(i), scope)
+    align = TFLM_BUFFER_ALIGNMENT
+    buffers = [(-(-tensor_bytes(i) // align) * align, first[i], last[i])
+               for i in range(len(sg.tensors)) if i in first and not is_const(i)]
+    order = sorted(reversed(range(len(buffers))), key=lambda k: -buffers[k][0])  # sorted() is stable
+    placed: list[tuple[int, int]] = []  # (offset, buffer), by offset
+    high = 0
+    for k in order:
+        size, start, end = buffers[k]
+        offset = 0
+        for other_offset, other in placed:  # the live-at-the-same-time ones, lowest offset first
+            _, o_start, o_end = buffers[other]
+            if o_end < start or o_start > end:
+                continue
+            if other_offset - offset >= size:
+                break
+            offset = max(offset, other_offset + buffers[other][0])
+        placed.insert(next((j for j, (o, _) in enumerate(placed) if o > offset), len(placed)), (offset, k))
+        high = max(high, offset + size)
+    return high
+
+
+def constant_bytes(tflite_path) -> int:
+    """Bytes of the constant buffers (weights, biases, quantization tables, anchors) in the file."""
+    model, _, _ = _read_tflite(tflite_path)
+    return sum(len(b.data) for b in model.buffers if b.data is not None)
 
 
 def tflite_params(tflite_path) -> int:
@@ -150,6 +230,91 @@ def latency_ms(tflite_path, threads: int, runs: int) -> float:
         it.invoke()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+#: ST's "runtime RAM" (KiB) on STM32H7 with Cube.AI 10.0 (st_reference §11.2): the runtime's own
+#: state, the counterpart of TFLM's persistent arena part.
+ST_RUNTIME_RAM_KIB = {192: 29.93, 224: 34.34, 256: 33.75}
+
+
+def _kib(n: float) -> str:
+    return f"{n / 1024:.1f} KiB"
+
+
+def tflm_footprint(tflite_path) -> dict:
+    """What TensorFlow Lite Micro allocates for the file, from TFLM's own report, next to the
+    project's estimates. ``{"loads": False, "why": ...}`` when TFLM cannot load it (or is not
+    installed); else ``loads``, ``arena_bytes`` (head + tail: the smallest ``tensor_arena``),
+    ``head_bytes``, ``tail_bytes``, ``flash_bytes`` (the file), ``constant_bytes``, the estimates
+    ``plan_bytes`` (:func:`tflm_plan_bytes`) and ``live_peak_bytes`` (:func:`peak_activation_bytes`),
+    and ``report`` (TFLM's text)."""
+    from .tflm import TFLMRunner, TFLMUnsupportedModel, tflm_available
+
+    if not tflm_available():
+        return {"loads": False, "why": "tflite-micro is not installed (pip install -e '.[mcu]')"}
+    try:
+        runner = TFLMRunner(tflite_path)
+    except TFLMUnsupportedModel as exc:
+        return {"loads": False, "why": str(exc), "missing_ops": list(exc.missing_ops)}
+    shape = runner.input_shape
+    x = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    runner.run_one(x[0])  # allocation is done at load; one run shows the file also executes
+    report = runner.arena_report()
+    try:  # the reported total is the arena TFLM needs: it loads and runs in exactly that many bytes
+        TFLMRunner(tflite_path, arena_size=report.arena_bytes).run_one(x[0])
+        exact = True
+    except TFLMUnsupportedModel:
+        exact = False
+    return {"loads": True, "arena_bytes": report.arena_bytes, "arena_checked": exact, "head_bytes": report.head_bytes,
+            "tail_bytes": report.tail_bytes, "flash_bytes": runner.flash_bytes,
+            "constant_bytes": constant_bytes(tflite_path), "plan_bytes": tflm_plan_bytes(tflite_path),
+            "live_peak_bytes": peak_activation_bytes(tflite_path), "report": report.text.strip()}
+
+
+def tflm_markdown(tflm: dict, size: int) -> str:
+    """The TFLite Micro section of the footprint report."""
+    lines = ["", "### TensorFlow Lite Micro: what the microcontroller runtime allocates", ""]
+    if not tflm["loads"]:
+        return "\n".join(lines + [f"Not measured: {tflm['why']}", ""])
+    stm32 = st_release(size).stm32
+    st_act, st_flash = stm32.get("H7 activation RAM KiB (Cube.AI 10.0)"), stm32.get("H7 weights flash KiB (Cube.AI 10.0)")
+    st_rt = ST_RUNTIME_RAM_KIB.get(size)
+    st_total = None if st_rt is None or st_act is None else round(st_act + st_rt, 2)
+    checked = ": it loads and runs with exactly this arena" if tflm["arena_checked"] else \
+        ": NOT confirmed, it did not load with exactly this arena"
+    fmt_st = (lambda v, what: "–" if v is None else f"{v} KiB ({what})")
+    plan = tflm["plan_bytes"]
+    same = "equal to TFLM's head" if plan == tflm["head_bytes"] else f"{plan - tflm['head_bytes']:+,} bytes from TFLM's head"
+    lines += [
+        "| quantity | TFLM, measured (its own allocation report) | ST, published (Cube.AI 10.0, STM32H747) | "
+        "project estimate |",
+        "|---|---|---|---|",
+        f"| activations: arena head (tensors as TFLM's planner packs them; the uint8 input and float32 outputs "
+        f"included) | {tflm['head_bytes']:,} B = {_kib(tflm['head_bytes'])} | {fmt_st(st_act, 'activation RAM')} | "
+        f"TFLM planner mirror {plan:,} B = {_kib(plan)} ({same}); live-set peak {tflm['live_peak_bytes']:,} B = "
+        f"{_kib(tflm['live_peak_bytes'])} (the least any planner keeping tensors whole needs) |",
+        f"| runtime state: arena tail (persistent; measured on this 64-bit host) | {tflm['tail_bytes']:,} B = "
+        f"{_kib(tflm['tail_bytes'])} | {fmt_st(st_rt, 'runtime RAM')} | – |",
+        f"| arena total (the smallest tensor_arena for this file{checked}) | {tflm['arena_bytes']:,} B = "
+        f"{_kib(tflm['arena_bytes'])} | {fmt_st(st_total, 'total RAM: activations + runtime')} | – |",
+        f"| flash: the .tflite file (flatbuffer stored as is; TFLM's code not counted) | {tflm['flash_bytes']:,} B = "
+        f"{_kib(tflm['flash_bytes'])}, of which constants {_kib(tflm['constant_bytes'])} | "
+        f"{fmt_st(st_flash, 'weights flash')} | – |",
+        "",
+        "How the runtimes differ: ST's figures are for STM32Cube.AI, ST's own runtime, which compiles the graph "
+        "to C with its own memory planner and weight layout; ours are TensorFlow Lite Micro's, the open runtime, "
+        "which interprets the .tflite flatbuffer from flash and places every non-constant tensor in one arena "
+        "with a greedy planner (largest buffers first, each tensor whole, no in-place reuse). The project's "
+        "planner mirror reproduces TFLM's activation bytes without TFLM; the live-set peak is a lower bound "
+        "that no such planner reaches, because of fragmentation. TFLM's persistent part (per-tensor and per-node "
+        "structs, per-channel requantization data) was measured with this 64-bit host build: on a 32-bit "
+        "Cortex-M its pointer-sized structs are half as large. The Python build runs the reference kernels; "
+        "CMSIS-NN kernels on a Cortex-M compute the same numbers but may ask for small scratch buffers, "
+        "which would add to the head. Flash: TFLM keeps the whole flatbuffer (weights, biases, quantization "
+        "parameters, the int8 anchors and the graph) in flash; ST's weights flash counts Cube.AI's packed "
+        "weights only; neither counts the runtime's code.",
+        ""]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,23 +352,30 @@ def main(argv: list[str] | None = None) -> int:
                 rng = np.random.default_rng(0)
                 for i in range(4):
                     Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(calib / f"{i}.png")
-            tflite = export(path, Path(tmp) / "export", "tflite-int8", calib=calib, log=lambda *_: None).files["tflite-int8"]
+            tflite = export(path, Path(tmp) / "export", "tflite-int8", calib=calib, mcu=True,
+                            log=lambda *_: None).files["tflite-int8"]
             params = sum(p.numel() for p in model.parameters())
             note = "trainable PyTorch parameters, BN not folded"
         macs = count_macs(model, size)
         peak = peak_activation_bytes(tflite)
         ms = latency_ms(tflite, args.threads, args.runs)
+        tflm = tflm_footprint(tflite)
         print(f"## Footprint of {path.name} ({size}x{size})\n")
         print("| quantity | ours |\n|---|---|")
         print(f"| parameters | {params:,} ({note}) |")
         print(f"| MACs per inference | {macs / 1e6:.1f} M |")
         print(f"| int8 TFLite size | {tflite.stat().st_size / 1024:.1f} KiB |")
-        print(f"| peak activation memory, int8 graph (estimate) | {peak / 1024:.1f} KiB |")
+        print(f"| peak activation memory, int8 graph (estimate: live-set peak, a lower bound) | {peak / 1024:.1f} KiB |")
+        if tflm["loads"]:
+            print(f"| TFLite Micro arena (measured: TFLM's allocation report) | {tflm['arena_bytes'] / 1024:.1f} KiB "
+                  f"({tflm['head_bytes'] / 1024:.1f} KiB activations + {tflm['tail_bytes'] / 1024:.1f} KiB "
+                  f"runtime state) |")
         print(f"| CPU latency, TFLite interpreter, {args.threads} thread(s), this machine | {ms:.2f} ms (median of {args.runs}) |")
         print(f"\n### ST's published figures for their {size} model (theirs, on STM32, not measured here)\n")
         print("| quantity | ST |\n|---|---|")
         for key, value in st_release(size).stm32.items():
             print(f"| {key} | {value} |")
+        print(tflm_markdown(tflm, size))
     return 0
 
 

@@ -109,8 +109,7 @@ def postprocess(scores, offsets, anchors, *, variant: str = "deploy", score_thre
         # "iou >= t": no double lies between the two (torchvision compares its scalar_t IoU against the
         # threshold as a double, and the boxes are float64, so the IoU is a double too).
         iou_threshold = float(np.nextafter(iou_threshold, 0.0))
-    return [_st_nms(boxes, probs, spec, score_threshold, iou_threshold, cap)
-            for boxes, probs in zip(boxes_all, scores.float().numpy())]
+    return _st_nms(boxes_all, scores.float().numpy(), spec, score_threshold, iou_threshold, cap)
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -133,37 +132,44 @@ def _torchvision_nms(boxes: torch.Tensor, probs: torch.Tensor, score_threshold: 
 
 
 def _st_nms(boxes: torch.Tensor, probs: np.ndarray, spec: Variant, score_threshold: float, iou_threshold: float,
-            cap: int | None) -> Detections:
-    """ST's per-class greedy NMS of one image (CPU); classes merged by score, ties in class order."""
-    kept_boxes, kept_scores, kept_labels = [], [], []
-    for c in range(1, probs.shape[1]):
-        col = probs[:, c]
-        idx = np.flatnonzero(col > score_threshold)
-        if idx.size == 0:
-            continue
-        cand = boxes[torch.from_numpy(idx)]
-        if spec.suppress_at_threshold:
-            nms_boxes = cand.double()
-        elif spec.tf_corners:
-            nms_boxes = torch.cat([torch.minimum(cand[:, :2], cand[:, 2:]),
-                                   torch.maximum(cand[:, :2], cand[:, 2:])], dim=1)
-        else:
-            nms_boxes = cand
-        keep = _nms_in_order(nms_boxes, torch.from_numpy(col[idx]), iou_threshold, cap).numpy()
-        kept_boxes.append(cand.numpy()[keep])
-        kept_scores.append(col[idx][keep])
-        kept_labels.append(np.full(keep.size, c, dtype=np.int64))
-    if not kept_scores:
-        return Detections(torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
-    det_boxes = np.concatenate(kept_boxes).astype(np.float32, copy=False)
-    det_scores = np.concatenate(kept_scores).astype(np.float32, copy=False)
-    det_labels = np.concatenate(kept_labels)
-    if len(kept_scores) > 1:  # merge classes by score (stable: class order for ties)
-        order = np.argsort(-det_scores, kind="stable")
-        det_boxes, det_scores, det_labels = det_boxes[order], det_scores[order], det_labels[order]
-    if cap is not None:
-        det_boxes, det_scores, det_labels = det_boxes[:cap], det_scores[:cap], det_labels[:cap]
-    return Detections(torch.from_numpy(det_boxes), torch.from_numpy(det_scores), torch.from_numpy(det_labels))
+            cap: int | None) -> list[Detections]:
+    """ST's per-class greedy NMS of each image of a batch (CPU); classes merged by score, ties in
+    class order.
+
+    The threshold, the candidates' gather and their NMS box form are one op each for the whole
+    batch; only the NMS itself runs per (image, class) group (batching it across images would need
+    torchvision's coordinate-offset trick, whose shifted coordinates round differently).
+    """
+    num_images, _, num_cols = probs.shape
+    # candidates in (image, class, anchor) order: the groups come out contiguous, anchors ascending
+    img, cls, anchor = np.nonzero(probs[:, :, 1:].transpose(0, 2, 1) > score_threshold)
+    cand_scores = probs[img, anchor, cls + 1]
+    cand_boxes = boxes[torch.from_numpy(img), torch.from_numpy(anchor)]
+    if spec.suppress_at_threshold:
+        nms_boxes = cand_boxes.double()
+    elif spec.tf_corners:
+        nms_boxes = torch.cat([torch.minimum(cand_boxes[:, :2], cand_boxes[:, 2:]),
+                               torch.maximum(cand_boxes[:, :2], cand_boxes[:, 2:])], dim=1)
+    else:
+        nms_boxes = cand_boxes
+    cand_boxes = cand_boxes.numpy()
+    bounds = np.searchsorted(img * (num_cols - 1) + cls, np.arange(num_images * (num_cols - 1) + 1))
+    results = []
+    for i in range(num_images):
+        kept = []  # candidate rows kept, class by class
+        for g in range(i * (num_cols - 1), (i + 1) * (num_cols - 1)):
+            lo, hi = bounds[g], bounds[g + 1]
+            if hi > lo:
+                kept.append(lo + _nms_in_order(nms_boxes[lo:hi], torch.from_numpy(cand_scores[lo:hi]),
+                                               iou_threshold, cap).numpy())
+        rows = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+        if len(kept) > 1:  # merge classes by score (stable: class order for ties)
+            rows = rows[np.argsort(-cand_scores[rows], kind="stable")]
+        if cap is not None:
+            rows = rows[:cap]
+        results.append(Detections(torch.from_numpy(cand_boxes[rows].reshape(-1, 4)),
+                                  torch.from_numpy(cand_scores[rows]), torch.from_numpy(cls[rows] + 1)))
+    return results
 
 
 def _nms_in_order(boxes: torch.Tensor, scores: torch.Tensor, threshold: float,

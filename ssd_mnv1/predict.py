@@ -1,9 +1,11 @@
 """Detect persons in images with any model file and draw the results.
 
     python -m ssd_mnv1.predict MODEL IMAGES... --out DIR [--score 0.5] [--iou 0.5] [--max-det 100]
+                               [--runtime litert|tflm]
 
 MODEL is a ``.ckpt``, ``.h5``, ``.onnx`` or ``.tflite`` (as for ``ssd_mnv1.evaluate``); IMAGES are
-files or folders. For each image DIR gets ``<name>.png`` with boxes and scores drawn, and
+files or folders. ``--runtime tflm`` runs a ``.tflite`` in TensorFlow Lite Micro (the ``mcu``
+extra; a file exported with ``--mcu``) instead of LiteRT. For each image DIR gets ``<name>.png`` with boxes and scores drawn, and
 ``detections.json`` lists every detection in original-image pixels.
 """
 
@@ -21,6 +23,7 @@ from .fileio import atomic_path, atomic_write_text
 from .postprocess import Detections, postprocess
 from .preprocess import IMAGE_SUFFIXES, is_image_file, load_image, resize
 from .runners import INT8_INPUT_MODES
+from .tflm import RUNTIMES
 
 COLOURS = ((255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 64, 255))
 
@@ -80,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", nargs="+", default=["person"], help="class names (default: person)")
     parser.add_argument("--int8-input", default="raw", choices=INT8_INPUT_MODES,
                         help="uint8 TFLite input: raw pixels (device), ST 2.0 or ST 2025 host conversion")
+    parser.add_argument("--runtime", default="litert", choices=RUNTIMES,
+                        help=".tflite runtime: litert (default) or tflm (TensorFlow Lite Micro, the microcontroller "
+                             "runtime; needs the mcu extra and a file exported with --mcu)")
     args = parser.parse_args(argv)
     if not 0.0 <= args.score < 1.0:
         raise ValueError(f"--score must be in [0, 1), got {args.score}")
@@ -87,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     from .runners import open_runner
 
     images = expand_images(args.images)
-    runner = open_runner(args.model, int8_input=args.int8_input)
+    if args.runtime == "tflm":
+        from .tflm import open_tflm_runner
+
+        runner = open_tflm_runner(args.model, int8_input=args.int8_input)
+    else:
+        runner = open_runner(args.model, int8_input=args.int8_input)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = []
@@ -105,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                            for b, s, c in zip(boxes_px, det.scores, det.labels)],
         })
         print(f"{path}: {len(det)} detection(s) -> {out / (path.stem + '.png')}")
-    atomic_write_text(out / "detections.json", json.dumps({"model": str(args.model), "score_threshold": args.score,
-                                                          "images": report}, indent=2) + "\n")
+    atomic_write_text(out / "detections.json", json.dumps({"model": str(args.model), "runner": runner.name,
+                                                          "score_threshold": args.score, "images": report},
+                                                         indent=2) + "\n")
     print(f"wrote {out / 'detections.json'}")
     return 0
 

@@ -8,6 +8,7 @@ file is opened, so ``import ssd_mnv1`` stays free of TensorFlow.
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Protocol
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from .anchors import generate_anchors
+from .backbone import ConvBN
 from .loading import load_model, model_format
 from .preprocess import normalize
 
@@ -33,18 +35,70 @@ class Runner(Protocol):
 
 
 class TorchRunner:
-    """A PyTorch detector (from a checkpoint or through our Keras importer)."""
+    """A PyTorch detector (from a checkpoint or through our Keras importer).
 
-    def __init__(self, model: torch.nn.Module, name: str = "pytorch", device: str = "cpu"):
+    The uint8 NHWC batch is normalized as TF does (:func:`normalize`) and only permuted to NCHW, so
+    it stays NHWC in memory: PyTorch's CPU convolutions take that as channels-last, their fast path
+    for this network (a contiguous NCHW copy is ~1.6x slower). On an accelerator the uint8 pixels
+    travel (4x less than float) and are normalized there through a 256-entry table of the same
+    float32 values (a division on the device may round differently).
+
+    Options, off by default because the outputs then differ from the model's own (by ~1e-6 for
+    ``fold_batchnorm``; ST-AP on the 690 COCO-person images is unchanged to 4 decimals):
+    ``fold_batchnorm`` runs a copy of the model, made now, with each float BatchNorm folded into
+    its conv (one pass less over every activation: ~25% less forward time on a CPU);
+    ``channels_last`` puts the weights in that format too (for GPUs); ``autocast``: a dtype such as
+    ``torch.bfloat16`` to run the model in (mixed precision). Outputs are float32 numpy arrays.
+    """
+
+    def __init__(self, model: torch.nn.Module, name: str = "pytorch", device: str = "cpu", *,
+                 fold_batchnorm: bool = False, channels_last: bool = False, autocast: torch.dtype | None = None):
         self.model = model.eval().to(device)
-        self.device = device
+        self._net = _fold_batchnorm(self.model) if fold_batchnorm else self.model
+        if channels_last:
+            self._net = self._net.to(memory_format=torch.channels_last)
+        self.device = torch.device(device)
         self.name = name
         self.input_size = model.input_size
+        self.autocast = autocast
+        self._table = None if self.device.type == "cpu" else \
+            torch.from_numpy(normalize(np.arange(256, dtype=np.uint8))).to(self.device)
 
-    @torch.no_grad()
+    @torch.no_grad()  # not inference_mode: fake-quant observers may keep tensors made here
     def __call__(self, images: np.ndarray):
-        x = torch.from_numpy(normalize(images)).permute(0, 3, 1, 2).to(self.device)
-        return tuple(t.float().cpu().numpy() for t in self.model(x))
+        images = np.asarray(images)
+        if self._table is not None and images.dtype == np.uint8:
+            x = self._table[torch.from_numpy(np.ascontiguousarray(images)).to(self.device).long()]
+        else:  # on the CPU, or float pixels (a bilinear resize)
+            x = torch.from_numpy(normalize(images)).to(self.device)
+        x = x.permute(0, 3, 1, 2)
+        if self.autocast is None:
+            outputs = self._net(x)
+        else:
+            with torch.autocast(self.device.type, dtype=self.autocast):
+                outputs = self._net(x)
+        return tuple(t.float().cpu().numpy() for t in outputs)
+
+
+@torch.no_grad()
+def _fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` (eval mode) whose float :class:`ConvBN` layers have their BatchNorm folded
+    into the conv (:meth:`ConvBN.folded_weight_and_bias`); fake-quantized layers, which fold
+    their own, are left alone. The model itself when there is nothing to fold."""
+    if not any(isinstance(m, ConvBN) and m.weight_quant is None for m in model.modules()):
+        return model
+    model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        if isinstance(m, ConvBN) and m.weight_quant is None:
+            weight, bias = m.folded_weight_and_bias()
+            c = m.conv
+            conv = torch.nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation,
+                                   c.groups, bias=True, padding_mode=c.padding_mode, device=weight.device,
+                                   dtype=weight.dtype)
+            conv.weight.copy_(weight)
+            conv.bias.copy_(bias)
+            m.conv, m.bn = conv, torch.nn.Identity()
+    return model
 
 
 def _identify_outputs(outputs: list[np.ndarray], input_size: int) -> tuple[np.ndarray, ...]:

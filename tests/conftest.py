@@ -88,3 +88,28 @@ def tiny_int8_export(tmp_path_factory, trained_like_model):
     ckpt = save_checkpoint(model, root / "tiny.ckpt")
     result = export(ckpt, root / "out", "tflite-int8", calib=calib, calib_count=6, log=lambda *_: None)
     return model, result, root
+
+
+
+@pytest.fixture(scope="session")
+def tiny_mcu_export(tmp_path_factory, trained_like_model):
+    """(model, ExportResult, root) of one real ``--mcu`` int8 export (static batch 1, for TensorFlow
+    Lite Micro) of the seeded 192 model, as :func:`tiny_int8_export` makes its dynamic-batch one:
+    ``root/tiny.ckpt`` and ``root/calib`` (6 random JPEGs, all used for calibration)."""
+    pytest.importorskip("onnx2tf")
+    import numpy as np
+    from PIL import Image
+
+    from ssd_mnv1.checkpoint import save_checkpoint
+    from ssd_mnv1.export.pipeline import export
+
+    root = tmp_path_factory.mktemp("tiny_mcu_export")
+    calib = root / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(calib / f"{i}.jpg")
+    model = trained_like_model(192)
+    ckpt = save_checkpoint(model, root / "tiny.ckpt")
+    result = export(ckpt, root / "out", "tflite-int8", calib=calib, calib_count=6, mcu=True, log=lambda *_: None)
+    return model, result, root

@@ -98,8 +98,14 @@ def rasterize(boxes_norm, input_size: int, variant: str, kind: str) -> tuple[np.
 
 def iou_plus_one(det: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """(D, G) IoU of integer pixel boxes with ST's +1-pixel convention, 0 when disjoint (strict)."""
-    d = np.asarray(det, dtype=np.float64).reshape(-1, 4)[:, None, :]
-    g = np.asarray(gt, dtype=np.float64).reshape(-1, 4)[None, :, :]
+    d = np.asarray(det, dtype=np.float64).reshape(-1, 4)
+    g = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
+    return _iou_plus_one(d[:, None, :], g[None, :, :])
+
+
+def _iou_plus_one(d: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Elementwise +1-pixel IoU of broadcastable float64 (..., 4) boxes: the one formula behind
+    the (D, G) matrix and the per-pair matching, so that both give the same bits."""
     disjoint = ((d[..., 0] > g[..., 2]) | (d[..., 2] < g[..., 0])
                 | (d[..., 1] > g[..., 3]) | (d[..., 3] < g[..., 1]))
     iw = np.minimum(d[..., 2], g[..., 2]) - np.maximum(d[..., 0], g[..., 0]) + 1.0
@@ -137,43 +143,59 @@ def average_precision(det_image_ids, det_boxes_px, det_scores, gt_boxes_px_by_im
     if not (len(ids) == len(boxes) == len(scores)):
         raise ValueError(f"detection arrays differ in length: {len(ids)} ids, {len(boxes)} boxes, "
                          f"{len(scores)} scores")
-    npos = int(sum(len(np.asarray(g).reshape(-1, 4)) for g in gt_boxes_px_by_image.values()))
+    gts = [np.asarray(g).reshape(-1, 4) for g in gt_boxes_px_by_image.values()]
+    counts = np.array([len(g) for g in gts], dtype=np.int64)
+    starts = np.cumsum(counts) - counts
+    # GT rows of each detection's image as a (start, count) range of the concatenated GT (a dict
+    # lookup per image with detections; detections of an image absent from the dict have none)
+    where = {key: k for k, key in enumerate(gt_boxes_px_by_image)}
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    slot = np.array([where.get(key, -1) for key in uniq.tolist()], dtype=np.int64)[inverse.reshape(-1)]
+    known = slot >= 0
+    det_start = np.where(known, starts[slot], 0)
+    det_count = np.where(known, counts[slot], 0)
+    gt_all = np.concatenate(gts) if gts else np.zeros((0, 4))
+    return _match_and_integrate(boxes, scores, det_start, det_count, gt_all, int(counts.sum()), iou_threshold)
+
+
+def _match_and_integrate(boxes: np.ndarray, scores: np.ndarray, det_start: np.ndarray, det_count: np.ndarray,
+                         gt_boxes: np.ndarray, npos: int, iou_threshold: float) -> tuple[float, np.ndarray, np.ndarray]:
+    """:func:`average_precision` once each detection knows its image's GT rows: rows
+    ``det_start[d] : det_start[d] + det_count[d]`` of ``gt_boxes`` (global GT index = row).
+
+    VOC-style greedy matching without a loop: a detection's best GT does not depend on what is
+    already matched, so all (detection, GT of its image) pairs are scored at once; only "first
+    detection to claim a GT" is sequential, and that is the first occurrence in visiting order.
+    """
     if len(scores) == 0:
         return 0.0, np.zeros(0), np.zeros(0)
     order = np.argsort(-scores, kind="stable")
-    ids, boxes = ids[order], boxes[order]
+    boxes, det_start, det_count = boxes[order], det_start[order], det_count[order]
+    n = len(order)
+    pair_det = np.repeat(np.arange(n), det_count)
+    first_pair = np.cumsum(det_count) - det_count
+    pair_gt = np.repeat(det_start - first_pair, det_count) + np.arange(len(pair_det))
+    iou = _iou_plus_one(np.asarray(boxes, np.float64)[pair_det], np.asarray(gt_boxes, np.float64)[pair_gt])
 
-    # The best GT of a detection does not depend on what is already matched (VOC-style greedy), so
-    # it is computed per image up front; only "first detection to claim a GT" is sequential.
-    best_iou = np.full(len(ids), -1.0)
-    best_gt = np.full(len(ids), -1, dtype=np.int64)  # global GT index
-    offset = 0
-    uniq, inverse = np.unique(ids, return_inverse=True)
-    groups = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[groups], np.arange(len(uniq) + 1))
-    gt_offsets = {}
-    for key, g in gt_boxes_px_by_image.items():
-        gt_offsets[key] = offset
-        offset += len(np.asarray(g).reshape(-1, 4))
-    for u, image_id in enumerate(uniq.tolist()):
-        gt = gt_boxes_px_by_image.get(image_id)
-        if gt is None or len(gt) == 0:
-            continue
-        sel = groups[bounds[u]:bounds[u + 1]]
-        iou = iou_plus_one(boxes[sel], gt)
-        best = np.argmax(iou, axis=1)
-        best_iou[sel] = iou[np.arange(len(sel)), best]
-        best_gt[sel] = gt_offsets[image_id] + best
+    best_iou = np.full(n, -1.0)
+    best_gt = np.full(n, -1, dtype=np.int64)
+    has = np.flatnonzero(det_count > 0)
+    if has.size:
+        seg_max = np.maximum.reduceat(iou, first_pair[has])
+        is_max = np.flatnonzero(iou == np.repeat(seg_max, det_count[has]))
+        dets, first = np.unique(pair_det[is_max], return_index=True)  # pairs run by GT row: first max wins
+        best_iou[dets] = seg_max
+        best_gt[dets] = pair_gt[is_max[first]]
 
     hit = np.flatnonzero(best_iou >= iou_threshold)
     _, first = np.unique(best_gt[hit], return_index=True)
-    tp = np.zeros(len(ids))
+    tp = np.zeros(n)
     tp[hit[first]] = 1.0
     acc_tp = np.cumsum(tp)
     acc_fp = np.cumsum(1.0 - tp)
     precision = acc_tp / (acc_tp + acc_fp)
     if npos == 0:
-        return 0.0, precision, np.zeros(len(ids))
+        return 0.0, precision, np.zeros(n)
     recall = acc_tp / npos
     return _all_point_ap(precision, recall), precision, recall
 
@@ -312,11 +334,12 @@ class STAPEvaluator(Metric):
         per_class, per_p, per_r = {}, {}, {}
         for c in classes:
             sel = gt_labels == c
-            uniq, starts = np.unique(gt_ids[sel], return_index=True)  # GT rows are grouped by image
-            gt_by_image = dict(zip(uniq.tolist(), np.split(gt_boxes[sel], starts[1:])))
+            class_gt_ids = gt_ids[sel]  # ascending: GT rows are grouped by image in id order
             m = det_labels == c
-            ap, p, r = average_precision(det_ids[m], det_boxes[m], det_scores[m], gt_by_image,
-                                         self.iou_threshold)
+            lo = np.searchsorted(class_gt_ids, det_ids[m], side="left")
+            hi = np.searchsorted(class_gt_ids, det_ids[m], side="right")
+            ap, p, r = _match_and_integrate(det_boxes[m], det_scores[m].astype(np.float64), lo, hi - lo,
+                                            gt_boxes[sel], int(sel.sum()), self.iou_threshold)
             per_class[c], per_p[c], per_r[c] = ap, p, r
         first_class = classes[0] if classes else None
         return STAPResult(
