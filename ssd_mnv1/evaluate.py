@@ -2,6 +2,7 @@
 
     python -m ssd_mnv1.evaluate MODEL --data DIR [--metric st20|st25|coco|all] [--size S]
                                 [--int8-input raw|st|st25] [--decoder pil|tf] [--st25-nms torch|tf]
+                                [--tflite-kernels xnnpack|builtin|reference] [--runtime litert|tflm]
                                 [--threads N] [--json FILE] [--pr-curve FILE.png]
 
 MODEL is a ``.ckpt``, an ST/Keras ``.h5`` (through our importer, run in PyTorch), an ``.onnx`` or a
@@ -220,8 +221,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="uint8 TFLite input: raw pixels (device), ST 2.0's (st) or 2025's (st25) "
                              "host conversion")
     parser.add_argument("--tflite-kernels", default="xnnpack", choices=TFLITE_KERNELS,
-                        help="TFLite kernels: xnnpack (LiteRT's CPU default) or reference (bit-exact with "
-                             "TFLite Micro/CMSIS-NN on STM32 MCUs)")
+                        help="LiteRT kernels: xnnpack (CPU default), builtin (LiteRT's optimized kernels, no "
+                             "delegate) or reference (TFLite's reference kernels: TensorFlow Lite Micro's "
+                             "arithmetic bit for bit; ST's int8 files need builtin there, ours an --mcu export)")
+    parser.add_argument("--runtime", default="litert", choices=("litert", "tflm"),
+                        help=".tflite runtime: litert (default) or tflm (TensorFlow Lite Micro: the mcu extra "
+                             "and a file exported with --mcu; one image at a time)")
     parser.add_argument("--interpolation", default="nearest", choices=INTERPOLATIONS)
     parser.add_argument("--decoder", default="pil", choices=DECODERS,
                         help="JPEG decoder: pil (default) or tf (ST's tf.io.decode_image, fast IDCT; "
@@ -251,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = default_threads(args.workers) if args.threads is None else args.threads
     torch.set_num_threads(threads)
     runner = open_runner(args.model, int8_input=args.int8_input, num_threads=threads,
-                         tflite_kernels=args.tflite_kernels)
+                         tflite_kernels=args.tflite_kernels, runtime=args.runtime)
     if args.size is not None and args.size != runner.input_size:
         raise ValueError(f"--size {args.size} does not match {args.model}, whose input is "
                          f"{runner.input_size}x{runner.input_size}")

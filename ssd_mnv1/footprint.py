@@ -245,9 +245,10 @@ def tflm_footprint(tflite_path) -> dict:
     """What TensorFlow Lite Micro allocates for the file, from TFLM's own report, next to the
     project's estimates. ``{"loads": False, "why": ...}`` when TFLM cannot load it (or is not
     installed); else ``loads``, ``arena_bytes`` (head + tail: the smallest ``tensor_arena``),
-    ``head_bytes``, ``tail_bytes``, ``flash_bytes`` (the file), ``constant_bytes``, the estimates
-    ``plan_bytes`` (:func:`tflm_plan_bytes`) and ``live_peak_bytes`` (:func:`peak_activation_bytes`),
-    and ``report`` (TFLM's text)."""
+    ``arena_checked`` (the file loaded and ran in an arena of exactly that size), ``head_bytes``,
+    ``tail_bytes``, ``flash_bytes`` (the file), ``constant_bytes``, the estimates ``plan_bytes``
+    (:func:`tflm_plan_bytes`) and ``live_peak_bytes`` (:func:`peak_activation_bytes`), and
+    ``report`` (TFLM's text)."""
     from .tflm import TFLMRunner, TFLMUnsupportedModel, tflm_available
 
     if not tflm_available():
@@ -277,14 +278,16 @@ def tflm_markdown(tflm: dict, size: int) -> str:
     if not tflm["loads"]:
         return "\n".join(lines + [f"Not measured: {tflm['why']}", ""])
     stm32 = st_release(size).stm32
-    st_act, st_flash = stm32.get("H7 activation RAM KiB (Cube.AI 10.0)"), stm32.get("H7 weights flash KiB (Cube.AI 10.0)")
+    st_act = stm32.get("H7 activation RAM KiB (Cube.AI 10.0)")
+    st_flash = stm32.get("H7 weights flash KiB (Cube.AI 10.0)")
     st_rt = ST_RUNTIME_RAM_KIB.get(size)
     st_total = None if st_rt is None or st_act is None else round(st_act + st_rt, 2)
     checked = ": it loads and runs with exactly this arena" if tflm["arena_checked"] else \
         ": NOT confirmed, it did not load with exactly this arena"
     fmt_st = (lambda v, what: "–" if v is None else f"{v} KiB ({what})")
     plan = tflm["plan_bytes"]
-    same = "equal to TFLM's head" if plan == tflm["head_bytes"] else f"{plan - tflm['head_bytes']:+,} bytes from TFLM's head"
+    same = ("equal to TFLM's head" if plan == tflm["head_bytes"] else
+            f"{plan - tflm['head_bytes']:+,} bytes from TFLM's head")
     lines += [
         "| quantity | TFLM, measured (its own allocation report) | ST, published (Cube.AI 10.0, STM32H747) | "
         "project estimate |",
@@ -305,14 +308,16 @@ def tflm_markdown(tflm: dict, size: int) -> str:
         "to C with its own memory planner and weight layout; ours are TensorFlow Lite Micro's, the open runtime, "
         "which interprets the .tflite flatbuffer from flash and places every non-constant tensor in one arena "
         "with a greedy planner (largest buffers first, each tensor whole, no in-place reuse). The project's "
-        "planner mirror reproduces TFLM's activation bytes without TFLM; the live-set peak is a lower bound "
-        "that no such planner reaches, because of fragmentation. TFLM's persistent part (per-tensor and per-node "
+        "planner mirror reproduces TFLM's activation bytes without TFLM; the live-set peak is the lower bound "
+        "for such a planner, which TFLM's exceeds by its fragmentation. (A dynamic-batch file, ST's or ours, "
+        "reads its input again at the end to tile the anchors, which keeps the input alive throughout and "
+        "raises every estimate; TFLM cannot load such a file.) TFLM's persistent part (per-tensor and per-node "
         "structs, per-channel requantization data) was measured with this 64-bit host build: on a 32-bit "
-        "Cortex-M its pointer-sized structs are half as large. The Python build runs the reference kernels; "
-        "CMSIS-NN kernels on a Cortex-M compute the same numbers but may ask for small scratch buffers, "
-        "which would add to the head. Flash: TFLM keeps the whole flatbuffer (weights, biases, quantization "
-        "parameters, the int8 anchors and the graph) in flash; ST's weights flash counts Cube.AI's packed "
-        "weights only; neither counts the runtime's code.",
+        "Cortex-M its pointer fields are half as large, so it is smaller there. The Python build runs TFLM's "
+        "reference kernels; the CMSIS-NN kernels of a Cortex-M build are meant to compute the same numbers "
+        "(not checked here) and may ask for small scratch buffers, which would add to the head. Flash: TFLM "
+        "keeps the whole flatbuffer (weights, biases, quantization parameters, the int8 anchors and the graph) "
+        "in flash; ST's weights flash counts Cube.AI's packed weights only; neither counts the runtime's code.",
         ""]
     return "\n".join(lines)
 
@@ -365,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| parameters | {params:,} ({note}) |")
         print(f"| MACs per inference | {macs / 1e6:.1f} M |")
         print(f"| int8 TFLite size | {tflite.stat().st_size / 1024:.1f} KiB |")
-        print(f"| peak activation memory, int8 graph (estimate: live-set peak, a lower bound) | {peak / 1024:.1f} KiB |")
+        print(f"| peak activation memory, int8 graph (estimate: live-set peak, a lower bound) | "
+              f"{peak / 1024:.1f} KiB |")
         if tflm["loads"]:
             print(f"| TFLite Micro arena (measured: TFLM's allocation report) | {tflm['arena_bytes'] / 1024:.1f} KiB "
                   f"({tflm['head_bytes'] / 1024:.1f} KiB activations + {tflm['tail_bytes'] / 1024:.1f} KiB "

@@ -5,8 +5,9 @@
 
 MODEL is a ``.ckpt``, ``.h5``, ``.onnx`` or ``.tflite`` (as for ``ssd_mnv1.evaluate``); IMAGES are
 files or folders. ``--runtime tflm`` runs a ``.tflite`` in TensorFlow Lite Micro (the ``mcu``
-extra; a file exported with ``--mcu``) instead of LiteRT. For each image DIR gets ``<name>.png`` with boxes and scores drawn, and
-``detections.json`` lists every detection in original-image pixels.
+extra; a file exported with ``--mcu``) instead of LiteRT. For each image DIR gets ``<name>.png``
+with boxes and scores drawn, and ``detections.json`` lists every detection in original-image
+pixels (and which runner made them).
 """
 
 from __future__ import annotations

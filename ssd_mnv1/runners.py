@@ -24,7 +24,11 @@ from .preprocess import normalize
 #: uint8 input of an int8 TFLite file: ``raw`` pixels (the STM32 firmware), ``st`` = ST 2.0's host
 #: conversion (the code behind the 2.0 card), ``st25`` = the 2025 code's truncating conversion.
 INT8_INPUT_MODES = ("raw", "st", "st25")
-TFLITE_KERNELS = ("xnnpack", "reference")
+#: LiteRT kernels: ``xnnpack`` (the CPU default), ``builtin`` (LiteRT's optimized builtin kernels, no
+#: delegate) or ``reference`` (TFLite's reference kernels, ``OpResolverType.BUILTIN_REF``: TensorFlow
+#: Lite Micro's arithmetic bit for bit, measured; its TILE stops at version 2, so ST's int8 files and
+#: our dynamic-batch exports, which tile int8 anchors, run there only as an ``--mcu`` export).
+TFLITE_KERNELS = ("xnnpack", "builtin", "reference")
 
 
 class Runner(Protocol):
@@ -219,12 +223,12 @@ class TFLiteRunner:
     """
 
     def __init__(self, path: str | os.PathLike, int8_input: str = "raw", num_threads: int | None = None,
-                 builtin: bool = False):
+                 builtin: bool = False, reference: bool = False):
         if int8_input not in INT8_INPUT_MODES:
             raise ValueError(f"--int8-input must be one of {', '.join(INT8_INPUT_MODES)}, got {int8_input!r}")
         self.path = Path(path)
         self.int8_input = int8_input
-        self.interpreter = make_interpreter(path, num_threads=num_threads, builtin=builtin)
+        self.interpreter = make_interpreter(path, num_threads=num_threads, builtin=builtin, reference=reference)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.outputs = self.interpreter.get_output_details()
@@ -257,8 +261,10 @@ class TFLiteRunner:
         return _identify_outputs(outs, self.input_size)
 
 
-def make_interpreter(path: str | os.PathLike, num_threads: int | None = None, builtin: bool = False):
-    """A TFLite interpreter from ai-edge-litert (preferred) or tf.lite; ``builtin`` disables XNNPACK."""
+def make_interpreter(path: str | os.PathLike, num_threads: int | None = None, builtin: bool = False,
+                     reference: bool = False):
+    """A TFLite interpreter from ai-edge-litert (preferred) or tf.lite; ``builtin`` disables XNNPACK,
+    ``reference`` runs TFLite's reference kernels (see :data:`TFLITE_KERNELS`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such TFLite file")
@@ -274,11 +280,17 @@ def make_interpreter(path: str | os.PathLike, num_threads: int | None = None, bu
         kwargs = {}
     else:
         kwargs = {}
-        if builtin:
+        if reference:
+            kwargs["experimental_op_resolver_type"] = litert.OpResolverType.BUILTIN_REF
+        elif builtin:
             kwargs["experimental_op_resolver_type"] = litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
         return litert.Interpreter(model_path=str(path), num_threads=num_threads, **kwargs)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:
+        if reference and "Didn't find op" in str(exc):
+            raise ValueError(f"{path}: TFLite's reference kernels cannot run this file ({str(exc).splitlines()[0]}); "
+                             "ST's int8 files and dynamic-batch exports tile int8 anchors with a TILE version "
+                             "that resolver lacks: use --tflite-kernels builtin, or an --mcu export") from None
         raise ValueError(f"{path}: not a valid TFLite model ({exc})") from None
 
 
@@ -300,14 +312,21 @@ class KerasRunner:
 
 
 def open_runner(path: str | os.PathLike, *, int8_input: str = "raw", h5_backend: str = "pytorch",
-                device: str = "cpu", num_threads: int | None = None, tflite_kernels: str = "xnnpack") -> Runner:
+                device: str = "cpu", num_threads: int | None = None, tflite_kernels: str = "xnnpack",
+                runtime: str = "litert") -> Runner:
     """The one runner factory: any model file the project accepts (:data:`ssd_mnv1.loading.MODEL_SUFFIXES`).
 
-    ``tflite_kernels``: ``xnnpack`` (LiteRT's default on CPUs) or ``reference`` (TFLite's builtin
-    kernels, bit-exact with TFLite Micro / CMSIS-NN on STM32 MCUs); they differ by about 1 LSB.
+    ``tflite_kernels``: see :data:`TFLITE_KERNELS` (they differ by about 1 LSB). ``runtime``:
+    ``litert`` or ``tflm`` (TensorFlow Lite Micro, the ``mcu`` extra; a ``.tflite`` exported with ``--mcu``).
     """
     if tflite_kernels not in TFLITE_KERNELS:
         raise ValueError(f"--tflite-kernels must be one of {', '.join(TFLITE_KERNELS)}, got {tflite_kernels!r}")
+    if runtime not in ("litert", "tflm"):
+        raise ValueError(f"--runtime must be litert or tflm, got {runtime!r}")
+    if runtime == "tflm":
+        from .tflm import open_tflm_runner  # lazy: tflm imports this module
+
+        return open_tflm_runner(path, int8_input=int8_input)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model file")
@@ -323,4 +342,4 @@ def open_runner(path: str | os.PathLike, *, int8_input: str = "raw", h5_backend:
             raise ValueError(f"{path}: running .onnx files needs onnxruntime; "
                              "install the export extra: pip install -e '.[export]'") from None
     return TFLiteRunner(path, int8_input=int8_input, num_threads=num_threads,
-                        builtin=tflite_kernels == "reference")
+                        builtin=tflite_kernels == "builtin", reference=tflite_kernels == "reference")

@@ -90,3 +90,26 @@ def test_adaptive_threads_do_nothing_on_a_gpu(monkeypatch):
     trainer = SimpleNamespace(accelerator=type("CUDAAccelerator", (), {})(), global_step=0)
     callback.on_train_start(trainer, None)
     assert callback.candidates == []
+
+
+def test_adaptive_threads_reprobe_as_soon_as_steps_slow_down(monkeypatch):
+    """Quiet at first (2 threads kept), then another process starts: the slowdown triggers a probe
+    long before the periodic one, and 1 thread wins."""
+    before = torch.get_num_threads()
+    step_no = {"n": 0}
+
+    def step_time(threads: int) -> float:
+        step_no["n"] += 1
+        if step_no["n"] < 30:
+            return 0.08 if threads == 2 else 0.14
+        return 4.0 if threads == 2 else 0.5  # contended: 2 threads stall at every op
+
+    try:
+        torch.set_num_threads(2)
+        callback = AdaptiveThreads(probe_steps=4, every=1000, warmup=2)
+        _run(callback, step_time, 60, monkeypatch)
+        assert [chosen for _, _, chosen in callback.history] == [2, 1]
+        assert callback.history[1][0] < 45  # reacted within a few steps, not at step 1000
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

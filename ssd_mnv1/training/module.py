@@ -9,6 +9,8 @@ Validation logs ``val_loss`` and ``val_st_ap`` (ST-AP, percent) over all ranks' 
 
 from __future__ import annotations
 
+import math
+
 from typing import Literal, Optional
 
 import pytorch_lightning as pl
@@ -85,6 +87,9 @@ class SSDLightningModule(pl.LightningModule):
         bn_momentum: BatchNorm running-statistics momentum, PyTorch convention (Keras' 0.99 is
             0.01, ST's value). Runs of a few hundred steps want 0.1, or evaluation sees stale stats.
         channels_last: NHWC memory format (faster convolutions on GPUs with tensor cores).
+        lr_schedule: ``plateau`` (ST's ReduceLROnPlateau, above) or ``cosine``: from ``lr`` to 0 over
+            the run's planned steps (``trainer.max_steps`` / ``max_epochs``), per step; a run of a
+            fixed length then ends converged instead of wherever the last plateau left it.
     """
 
     def __init__(self, alpha: Literal[0.25, 0.5, 0.75, 1.0] = 0.25, input_size: Literal[192, 224, 256] = 224,
@@ -97,7 +102,8 @@ class SSDLightningModule(pl.LightningModule):
                  plateau_monitor: Literal["val_loss", "val_st_ap"] = "val_loss", plateau_patience: int = 20,
                  plateau_factor: float = 0.1, plateau_min_delta: float = 1e-4,
                  val_variant: Literal["st20", "st25"] = "st20", prior_probability: Optional[float] = None,
-                 bn_momentum: float = 0.01, channels_last: bool = False):
+                 bn_momentum: float = 0.01, channels_last: bool = False,
+                 lr_schedule: Literal["plateau", "cosine"] = "plateau"):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model(alpha=alpha, input_size=input_size, num_classes=num_classes)
@@ -236,6 +242,13 @@ class SSDLightningModule(pl.LightningModule):
         hp = self.hparams
         optimizer = KerasAdam([p for p in self.model.parameters() if p.requires_grad], lr=hp.lr,
                               keras_eps=hp.adam_eps)
+        if hp.lr_schedule == "cosine":
+            total = self.trainer.estimated_stepping_batches
+            if not math.isfinite(total) or total < 1:
+                raise ValueError("model.lr_schedule cosine needs a run of known length: set trainer.max_steps "
+                                 "or trainer.max_epochs")
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(total))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         if self._trainer is not None and self._trainer.limit_val_batches == 0:
             return optimizer  # no validation, nothing for the plateau schedule to watch
         mode = "max" if hp.plateau_monitor == "val_st_ap" else "min"

@@ -5,12 +5,13 @@ cores, a thread is descheduled and the others spin waiting for it. On this proje
 machines, with two other busy processes, a quickstart step took 1.15 s with 2 threads and 0.51 s
 with 1 (median of 20 steps, measured side by side), while on a quiet machine 2 threads are faster.
 No count is right for both, and the load changes during a run, so :class:`AdaptiveThreads` times
-the candidates every so often and keeps the fastest. The thread count changes only the speed
+the candidates every so often, and as soon as steps slow down, and keeps the fastest. The thread count changes only the speed
 (and float rounding), never the steps trained.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -29,23 +30,29 @@ def thread_candidates(max_threads: int) -> list[int]:
 
 
 class AdaptiveThreads(pl.Callback):
-    """Every ``every`` training steps, time ``probe_steps`` steps at each candidate thread count
-    (from the count torch has at the start of training down to 1) and keep the fastest.
+    """Time each candidate thread count (from torch's count at the start of training down to 1) for
+    a few steps and keep the fastest; probe again every ``every`` steps, and at once when steps get
+    ``slowdown`` times slower than the winner's probe time (another process started).
 
-    Only on the CPU accelerator and only when torch has more than one thread to begin with.
-    A change is logged with the step times that decided it.
+    A candidate whose step takes ``abort`` times the best time so far is dropped after that step,
+    so a probe under contention costs a step or two. Only on the CPU accelerator, and only when
+    torch has more than one thread to begin with. A change is logged with the times that decided it.
     """
 
-    def __init__(self, probe_steps: int = 8, every: int = 200, warmup: int = 3, margin: float = 0.1):
+    def __init__(self, probe_steps: int = 4, every: int = 200, warmup: int = 3, margin: float = 0.1,
+                 slowdown: float = 1.5, window: int = 5, abort: float = 3.0):
         super().__init__()
-        if probe_steps < 2 or every <= 0 or warmup < 0:
-            raise ValueError("AdaptiveThreads needs probe_steps >= 2, every > 0 and warmup >= 0")
+        if probe_steps < 2 or every <= 0 or warmup < 0 or window < 1:
+            raise ValueError("AdaptiveThreads needs probe_steps >= 2, every > 0, warmup >= 0 and window >= 1")
         self.probe_steps, self.every, self.warmup, self.margin = probe_steps, every, warmup, margin
+        self.slowdown, self.window, self.abort = slowdown, window, abort
         self.candidates: list[int] = []
         self.current = 0
         self.history: list[tuple[int, dict[int, float], int]] = []  # (step, median s per count, chosen)
         self._queue: list[int] = []
         self._times: dict[int, list[float]] = {}
+        self._recent: list[float] = []
+        self._reference = math.inf
         self._t0 = 0.0
         self._next_probe = 0
 
@@ -60,28 +67,41 @@ class AdaptiveThreads(pl.Callback):
             return
         if not self._queue and trainer.global_step >= self._next_probe:
             # the current count last, so that the steps after the probe run warm at the winner's
-            self._queue = [n for n in self.candidates if n != self.current] + [self.current]
-            self._queue = [n for n in self._queue for _ in range(self.probe_steps)]
+            order = [n for n in self.candidates if n != self.current] + [self.current]
+            self._queue = [n for n in order for _ in range(self.probe_steps)]
             self._times = {n: [] for n in self.candidates}
         if self._queue:
             torch.set_num_threads(self._queue[0])
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not self._queue:
+        if not self.candidates:
+            return
+        elapsed = time.perf_counter() - self._t0
+        if not self._queue:  # between probes: watch for a slowdown
+            self._recent = (self._recent + [elapsed])[-self.window:]
+            if len(self._recent) == self.window and statistics.median(self._recent) > self.slowdown * self._reference:
+                self._next_probe = trainer.global_step
             return
         n = self._queue.pop(0)
-        self._times[n].append(time.perf_counter() - self._t0)
-        if self._queue:
-            return
-        medians = {k: statistics.median(v[1:] or v) for k, v in self._times.items() if v}  # first: re-warm
+        self._times[n].append(elapsed)
+        done = [statistics.median(v[1:]) for v in self._times.values() if len(v) > 1]  # first: re-warm
+        if len(self._times[n]) > 1 and done and elapsed > self.abort * min(done):
+            while self._queue and self._queue[0] == n:  # contended: no need to time it further
+                self._queue.pop(0)
+        if not self._queue:
+            self._decide(trainer.global_step)
+
+    def _decide(self, step: int) -> None:
+        medians = {k: statistics.median(v[1:] or v) for k, v in self._times.items() if v}
         best = min(medians, key=medians.get)
-        if medians[best] < (1 - self.margin) * medians[self.current] and best != self.current:
+        if best != self.current and medians[best] < (1 - self.margin) * medians.get(self.current, math.inf):
             times = ", ".join(f"{k} thread{'s' if k > 1 else ''} {v:.3f} s" for k, v in medians.items())
             why = ": other processes are using the CPUs" if best < self.current else ""
-            rank_zero_info(f"torch threads {self.current} -> {best} at step {trainer.global_step} "
-                           f"(median step {times}{why})")
+            rank_zero_info(f"torch threads {self.current} -> {best} at step {step} (median step {times}{why})")
             self.current = best
         torch.set_num_threads(self.current)
-        self.history.append((trainer.global_step, medians, self.current))
-        self._next_probe = trainer.global_step + self.every
+        self.history.append((step, medians, self.current))
+        self._reference = medians.get(self.current, math.inf)
+        self._recent = []
+        self._next_probe = step + self.every
