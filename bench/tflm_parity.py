@@ -28,7 +28,7 @@ import torch
 from ssd_mnv1.data import open_dataset
 from ssd_mnv1.evaluate import evaluate, resize_all
 from ssd_mnv1.runners import TFLiteRunner
-from ssd_mnv1.tflm import TFLMRunner, litert_reference_runner
+from ssd_mnv1.tflm import TFLMRunner
 
 METRICS = ("st20", "st25")
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     DYN_REF = "dynamic-batch file, LiteRT reference kernels (BUILTIN_REF; TILE opcode relabelled v3 -> v2)"
     DYN_BUILTIN, DYN_XNN = ("dynamic-batch file, LiteRT builtin kernels (--tflite-kernels reference today)",
                             "dynamic-batch file, LiteRT XNNPACK")
-    reference = _Record(litert_reference_runner(args.tflite))
+    reference = _Record(TFLiteRunner(args.tflite, reference=True))
     rows[REF] = score(reference)
     compare_tflm = _Compare(tflm, reference.batches)
     rows[TFLM] = score(compare_tflm)
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dynamic:
         with tempfile.TemporaryDirectory() as tmp:
             relabelled = _tile_version_for_reference_kernels(args.dynamic, Path(tmp) / "dynamic_tile_v2.tflite")
-            compare_dynamic_ref = _Compare(litert_reference_runner(relabelled), reference.batches)
+            compare_dynamic_ref = _Compare(TFLiteRunner(relabelled, reference=True), reference.batches)
             rows[DYN_REF] = score(compare_dynamic_ref)
         compare_dynamic = _Compare(TFLiteRunner(args.dynamic, builtin=True, num_threads=1), builtin.batches)
         rows[DYN_BUILTIN] = score(compare_dynamic)

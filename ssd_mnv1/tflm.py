@@ -252,22 +252,3 @@ def open_tflm_runner(path: str | os.PathLike, *, int8_input: str = "raw", arena_
         raise ValueError(f"{path}: --runtime tflm runs .tflite files only (TensorFlow Lite Micro); this is a "
                          f"{kind} file (export it with: python -m ssd_mnv1.export MODEL --to tflite-int8 --mcu ...)")
     return TFLMRunner(path, int8_input=int8_input, arena_size=arena_size)
-
-
-def litert_reference_runner(path: str | os.PathLike, *, int8_input: str = "raw"):
-    """A :class:`~ssd_mnv1.runners.TFLiteRunner` on TFLite's reference kernels
-    (``OpResolverType.BUILTIN_REF``), the kernels TFLM's are ports of: TFLM's outputs equal these
-    bit for bit. (LiteRT's ``BUILTIN_WITHOUT_DEFAULT_DELEGATES``, the runners' ``builtin=True``, are
-    the optimized builtin kernels, which differ from them by 1 LSB here and there.)"""
-    from ai_edge_litert import interpreter as litert
-
-    from .runners import TFLiteRunner
-
-    runner = TFLiteRunner(path, int8_input=int8_input, builtin=True)
-    runner.interpreter = litert.Interpreter(model_path=str(path),
-                                            experimental_op_resolver_type=litert.OpResolverType.BUILTIN_REF)
-    runner.interpreter.allocate_tensors()
-    runner.input = runner.interpreter.get_input_details()[0]
-    runner.outputs = runner.interpreter.get_output_details()
-    runner.name += " (reference kernels)"
-    return runner

@@ -68,13 +68,14 @@ def test_mcu_file_has_st_contract_with_a_static_batch_and_only_tflm_ops(mcu, int
 
 
 def test_mcu_file_runs_in_tflm_and_equals_litert_reference_kernels_bit_for_bit(mcu, int8_path):
-    from ssd_mnv1.tflm import TFLMRunner, litert_reference_runner
+    from ssd_mnv1.runners import TFLiteRunner
+    from ssd_mnv1.tflm import TFLMRunner
 
     model, _, _ = mcu
     x = _noise(3, seed=1)
     tflm = TFLMRunner(int8_path)
     assert tflm.name == "tflm-int8" and tflm.input_size == SIZE
-    ours, ref = tflm(x), litert_reference_runner(int8_path)(x)
+    ours, ref = tflm(x), TFLiteRunner(int8_path, reference=True)(x)
     for a, b in zip(ours, ref):
         assert a.shape[0] == 3 and a.dtype == np.float32 and np.array_equal(a, b)
     scores, _, anchors = ours
@@ -83,10 +84,11 @@ def test_mcu_file_runs_in_tflm_and_equals_litert_reference_kernels_bit_for_bit(m
 
 
 def test_tflm_equals_litert_reference_kernels_on_real_images(int8_path, coco_person_val):
-    from ssd_mnv1.tflm import TFLMRunner, litert_reference_runner
+    from ssd_mnv1.runners import TFLiteRunner
+    from ssd_mnv1.tflm import TFLMRunner
 
     x = _real_images(coco_person_val, 4)
-    for a, b in zip(TFLMRunner(int8_path)(x), litert_reference_runner(int8_path)(x)):
+    for a, b in zip(TFLMRunner(int8_path)(x), TFLiteRunner(int8_path, reference=True)(x)):
         assert np.array_equal(a, b)
 
 
@@ -186,7 +188,8 @@ def test_compat_of_the_mcu_file_with_itself_has_no_batch_note(int8_path):
 def test_evaluate_scores_a_tflm_runner_as_the_reference_kernels(int8_path, tmp_path):
     from ssd_mnv1.data import open_dataset
     from ssd_mnv1.evaluate import evaluate
-    from ssd_mnv1.tflm import TFLMRunner, litert_reference_runner
+    from ssd_mnv1.runners import TFLiteRunner
+    from ssd_mnv1.tflm import TFLMRunner
     from ssd_mnv1.training import render_scene
 
     (tmp_path / "images").mkdir()
@@ -202,7 +205,7 @@ def test_evaluate_scores_a_tflm_runner_as_the_reference_kernels(int8_path, tmp_p
         {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "person"}]}))
     dataset = open_dataset(tmp_path)
     runs = [evaluate(r, dataset, ("st20", "st25"), workers=0, progress=False)
-            for r in (TFLMRunner(int8_path), litert_reference_runner(int8_path))]
+            for r in (TFLMRunner(int8_path), TFLiteRunner(int8_path, reference=True))]
     assert runs[0].images == 3 and runs[0].st_ap == runs[1].st_ap
 
 
@@ -242,3 +245,13 @@ def test_missing_tflite_micro_names_the_mcu_extra(int8_path, monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ValueError, match=r"pip install -e '\.\[mcu\]'"):
         tflm.TFLMRunner(int8_path)
+
+
+def test_reference_kernels_refuse_st_int8_file_naming_the_fix(reference_dir):
+    """TFLite's reference resolver lacks int8 TILE (version 3), which ST's files use for the anchors."""
+    from ssd_mnv1.runners import open_runner
+
+    st = st_files(reference_dir, SIZE).int8_tflite
+    with pytest.raises(ValueError, match="--tflite-kernels builtin, or an --mcu export"):
+        open_runner(st, tflite_kernels="reference")
+    assert open_runner(st, tflite_kernels="builtin").input_size == SIZE

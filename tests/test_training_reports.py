@@ -136,3 +136,32 @@ def test_progress_is_tqdm_on_a_terminal_and_silent_when_disabled():
     stream = io.StringIO()
     assert list(progress(range(3), desc="off", disable=True, file=stream)) == [0, 1, 2]
     assert stream.getvalue() == ""
+
+
+def test_fit_cut_short_by_max_time_says_so_loudly(tmp_path, capsys):
+    """A run that max_time stops before its planned steps is not the configured run: FitReport says so."""
+    from ssd_mnv1.training import FitReport
+
+    pl.seed_everything(0)
+    data = DetectionDataModule(synthetic_train=4, synthetic_val=2, input_size=192, batch_size=2, num_workers=0,
+                               augmentation=NO_AUGMENTATION)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=10_000, max_time={"seconds": 1},
+                         limit_val_batches=1, num_sanity_val_steps=0, logger=False, default_root_dir=tmp_path,
+                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+                         callbacks=[FitReport(before=False)])
+    trainer.fit(SSDLightningModule(input_size=192), datamodule=data)
+    out = capsys.readouterr().out
+    assert trainer.global_step < 10_000
+    assert f"STOPPED EARLY by trainer.max_time (1 s) after {trainer.global_step} of max_steps 10000 steps" in out
+
+
+def test_fit_that_ends_at_max_steps_gives_no_warning(tmp_path, capsys):
+    from ssd_mnv1.training import FitReport
+
+    data = DetectionDataModule(synthetic_train=4, synthetic_val=2, input_size=192, batch_size=2, num_workers=0,
+                               augmentation=NO_AUGMENTATION)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=2, max_time={"hours": 1}, limit_val_batches=1,
+                         num_sanity_val_steps=0, logger=False, default_root_dir=tmp_path, enable_checkpointing=False,
+                         enable_model_summary=False, enable_progress_bar=False, callbacks=[FitReport(before=False)])
+    trainer.fit(SSDLightningModule(input_size=192), datamodule=data)
+    assert "STOPPED EARLY" not in capsys.readouterr().out
