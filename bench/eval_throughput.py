@@ -188,11 +188,11 @@ def main() -> None:
                 ips, _ = time_evaluate(runner, dataset, metrics, limit, args.batch_size, args.workers)
                 b["e2e"] = max(b["e2e"], ips)
 
-    from ssd_mnv1.evaluate import default_workers
+    from ssd_mnv1.cpus import plan_cpus
 
     t = best["tflite"]
     columns = [name for name in runners if name != "tflite"]
-    workers = default_workers() if args.workers is None else args.workers
+    workers = plan_cpus(args.workers, purpose="evaluate").workers
     print(f"# Evaluation throughput at {SIZE}: {what}")
     print(f"{limit} images of {args.data}, metrics {' + '.join(metrics)}, {args.threads} thread(s), "
           f"{workers} decoding worker(s), batch {args.batch_size}, PyTorch on {args.device}, best of "

@@ -71,17 +71,24 @@ class CPUPlan:
 
 
 def plan_cpus(workers: int | None = None, threads: int | None = None, *, accelerator: str = "cpu",
-              cpus: int | None = None) -> CPUPlan:
+              purpose: str = "train", cpus: int | None = None) -> CPUPlan:
     """Split the available CPUs; an explicit ``workers`` / ``threads`` is kept as given.
 
-    On a CPU-trained model the workers take cores away from the compute, and with decoded images
+    Training on the CPU: the workers take cores away from the compute, and with decoded images
     cached the loader only augments small images, so it gets a quarter of the CPUs (none at 2 or
     fewer: the main process augments between steps). With a GPU the compute does not need the
-    CPUs, so the loader gets all but one.
+    CPUs, so the loader gets all but one. Evaluation (``purpose="evaluate"``): a JPEG costs about as
+    much CPU as the model and post-processing of its image together, so decoding gets half the CPUs
+    (1 to 4) and the runner and post-processing threads the rest.
     """
+    if purpose not in ("train", "evaluate"):
+        raise ValueError(f"purpose must be 'train' or 'evaluate', got {purpose!r}")
     cpus = available_cpus() if cpus is None else max(1, int(cpus))
     if workers is None:
-        workers = min(4, cpus // 4) if accelerator == "cpu" else min(8, cpus - 1)
+        if purpose == "evaluate":
+            workers = max(1, min(4, cpus // 2))
+        else:
+            workers = min(4, cpus // 4) if accelerator == "cpu" else min(8, cpus - 1)
     if threads is None:
         threads = max(1, cpus - workers) if accelerator == "cpu" else max(1, min(4, cpus - workers))
     if workers < 0 or threads < 1:

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from .progress import progress as progress_bar
 
 from .cli import run
-from .cpus import available_cpus
+from .cpus import available_cpus, plan_cpus
 from .fileio import atomic_write_text
 from .preprocess import DECODERS, INTERPOLATIONS, load_image, resize
 from .runners import INT8_INPUT_MODES, TFLITE_KERNELS
@@ -98,27 +98,8 @@ def resize_all(dataset, size: int, interpolation: str = "nearest", *, workers: i
     return np.concatenate(batches) if batches else np.zeros((0, size, size, 3), np.uint8)
 
 
-def default_workers(cpus: int | None = None) -> int:
-    """Decoding worker processes for evaluation: half the CPUs this process may use
-    (:func:`ssd_mnv1.cpus.available_cpus`), at least 1 and at most 4.
-
-    A JPEG costs about as much CPU as the model and post-processing of its image together, so the
-    other half goes to the main process: the runner's threads and the post-processing thread.
-    """
-    cpus = available_cpus() if cpus is None else max(1, int(cpus))
-    return max(1, min(4, cpus // 2))
-
-
-def default_threads(workers: int | None = None, cpus: int | None = None) -> int:
-    """Compute threads (torch intra-op, TFLite, onnxruntime) that leave the decoding workers their
-    CPUs: ``cpus - workers``, at least 1 (oversubscribed OpenMP threads wait on each other)."""
-    cpus = available_cpus() if cpus is None else max(1, int(cpus))
-    workers = default_workers(cpus) if workers is None else workers
-    return max(1, cpus - workers)
-
-
 def _loader(view, batch_size: int, workers: int | None, decoder: str = "pil") -> DataLoader:
-    workers = default_workers() if workers is None else workers
+    workers = plan_cpus(purpose="evaluate").workers if workers is None else workers
     if decoder == "tf":  # TensorFlow is not fork-safe once initialised; its decoder is fast anyway
         workers = 0
     return DataLoader(view, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
@@ -134,8 +115,8 @@ def evaluate(runner, dataset, metrics: tuple[str, ...] = ("st20",), *, batch_siz
     :func:`resize_all` (skips decoding); only those are evaluated. ``decoder``: see
     :data:`DECODERS`. ``st25_nms``: NMS back-end of the st25 and COCO post-processing
     (``postprocess.NMS_BACKENDS``; ``tf`` is ST 2025's own op and breaks score ties as ST does).
-    ``workers``: decoding processes (default :func:`default_workers`); the compute threads are the
-    caller's (``torch.set_num_threads``, the runner's own; see :func:`default_threads`).
+    ``workers``: decoding processes (default: ``plan_cpus(purpose="evaluate")``); the compute threads
+    are the caller's (``torch.set_num_threads``, the runner's own).
 
     Three stages overlap: decoding (worker processes), the runner (this thread) and post-processing
     + metric updates of the previous batch (one helper thread; NMS and the torch forward release
@@ -253,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    threads = default_threads(args.workers) if args.threads is None else args.threads
+    threads = plan_cpus(args.workers, args.threads, purpose="evaluate").threads
     torch.set_num_threads(threads)
     runner = open_runner(args.model, int8_input=args.int8_input, num_threads=threads,
                          tflite_kernels=args.tflite_kernels, runtime=args.runtime)

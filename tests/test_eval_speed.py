@@ -271,13 +271,13 @@ def test_an_error_in_the_post_processing_thread_reaches_the_caller():
         evaluate(_FakeRunner(fail_at=9), _Dataset(20), ("st20",), batch_size=4, images=images, progress=False)
 
 
-def test_default_workers_and_threads_share_the_cpus():
-    from ssd_mnv1.evaluate import default_threads, default_workers
+def test_evaluation_plan_gives_decoding_half_the_cpus():
+    from ssd_mnv1.cpus import plan_cpus
 
     for cpus, workers, threads in ((1, 1, 1), (2, 1, 1), (4, 2, 2), (16, 4, 12)):
-        assert default_workers(cpus) == workers
-        assert default_threads(cpus=cpus) == threads
-    assert default_threads(workers=0, cpus=4) == 4
+        plan = plan_cpus(purpose="evaluate", cpus=cpus)
+        assert (plan.workers, plan.threads) == (workers, threads)
+    assert plan_cpus(0, purpose="evaluate", cpus=4).threads == 4
 
 
 # ------------------------------------------------------------------------------ PyTorch runner
