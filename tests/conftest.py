@@ -66,35 +66,8 @@ def trained_like_model():
     return make
 
 
-@pytest.fixture(scope="session")
-def tiny_int8_export(tmp_path_factory, trained_like_model):
-    """(model, ExportResult, root) of one real float -> int8 export of the seeded 192 model, shared by
-    the export and ledger tests (one onnx2tf run, ~1 min): ``root/tiny.ckpt`` and ``root/calib``
-    (6 random JPEGs, all used for calibration)."""
-    pytest.importorskip("onnx2tf")
-    import numpy as np
-    from PIL import Image
-
-    from ssd_mnv1.checkpoint import save_checkpoint
-    from ssd_mnv1.export.pipeline import export
-
-    root = tmp_path_factory.mktemp("tiny_int8_export")
-    calib = root / "calib"
-    calib.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(calib / f"{i}.jpg")
-    model = trained_like_model(192)
-    ckpt = save_checkpoint(model, root / "tiny.ckpt")
-    result = export(ckpt, root / "out", "tflite-int8", calib=calib, calib_count=6, log=lambda *_: None)
-    return model, result, root
-
-
-
-@pytest.fixture(scope="session")
-def tiny_mcu_export(tmp_path_factory, trained_like_model):
-    """(model, ExportResult, root) of one real ``--mcu`` int8 export (static batch 1, for TensorFlow
-    Lite Micro) of the seeded 192 model, as :func:`tiny_int8_export` makes its dynamic-batch one:
+def _tiny_export(tmp_path_factory, trained_like_model, name: str, **kwargs):
+    """(model, ExportResult, root) of one real float -> int8 export of the seeded 192 model:
     ``root/tiny.ckpt`` and ``root/calib`` (6 random JPEGs, all used for calibration)."""
     pytest.importorskip("onnx2tf")
     import numpy as np
@@ -103,7 +76,7 @@ def tiny_mcu_export(tmp_path_factory, trained_like_model):
     from ssd_mnv1.checkpoint import save_checkpoint
     from ssd_mnv1.export.pipeline import export
 
-    root = tmp_path_factory.mktemp("tiny_mcu_export")
+    root = tmp_path_factory.mktemp(name)
     calib = root / "calib"
     calib.mkdir()
     rng = np.random.default_rng(0)
@@ -111,5 +84,18 @@ def tiny_mcu_export(tmp_path_factory, trained_like_model):
         Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(calib / f"{i}.jpg")
     model = trained_like_model(192)
     ckpt = save_checkpoint(model, root / "tiny.ckpt")
-    result = export(ckpt, root / "out", "tflite-int8", calib=calib, calib_count=6, mcu=True, log=lambda *_: None)
+    result = export(ckpt, root / "out", "tflite-int8", calib=calib, calib_count=6, log=lambda *_: None, **kwargs)
     return model, result, root
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_export(tmp_path_factory, trained_like_model):
+    """The dynamic-batch export of :func:`_tiny_export`, shared by the export and ledger tests (one
+    onnx2tf run, ~1 min)."""
+    return _tiny_export(tmp_path_factory, trained_like_model, "tiny_int8_export")
+
+
+@pytest.fixture(scope="session")
+def tiny_mcu_export(tmp_path_factory, trained_like_model):
+    """The ``--mcu`` export of :func:`_tiny_export` (static batch 1, for TensorFlow Lite Micro)."""
+    return _tiny_export(tmp_path_factory, trained_like_model, "tiny_mcu_export", mcu=True)
