@@ -1,7 +1,8 @@
 """The project's checkpoint format, shared by the converter, training, evaluation and export.
 
 A checkpoint is a Lightning-style dict: ``state_dict`` with the detector's weights under the
-``model.`` prefix and ``hyper_parameters`` holding ``alpha``, ``input_size`` and ``num_classes``.
+``model.`` prefix and ``hyper_parameters`` holding ``alpha``, ``input_size``, ``num_classes`` and
+``class_names`` (files written before class names were stored name one class ``person``).
 Files written by ``python -m ssd_mnv1.convert`` and by Lightning training share it, so either loads
 with :func:`load_checkpoint` and either can initialise training.
 """
@@ -51,7 +52,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     missing = [k for k in MODEL_HPARAMS if k not in hp]
     if missing:
         raise ValueError(f"{path}: hyper_parameters lack {', '.join(missing)}")
-    model = build_model(**{k: hp[k] for k in MODEL_HPARAMS})
+    model = build_model(**{k: hp[k] for k in MODEL_HPARAMS}, class_names=hp.get("class_names"))
     if hp.get("qat"):
         from .quantization import prepare_qat
         from .quantization.qat import remap_legacy_qat_state

@@ -11,7 +11,7 @@ With no arguments it runs ``lightning_configs/quickstart.yaml`` (packaged with t
 ``base.yaml`` is ST's recipe; the config after it sets the size (``st_<S>.yaml``) or the purpose
 (``finetune_st_224.yaml``, ``qat.yaml`` + ``qat_<S>.yaml``). A config value ``???`` is a required option.
 ``model.input_size`` is linked to ``data.input_size`` and ``data.class_names`` sets
-``model.num_classes``. Trainer options (``--trainer.devices``, ``--trainer.num_nodes``,
+``model.class_names`` (stored in the checkpoint). Trainer options (``--trainer.devices``, ``--trainer.num_nodes``,
 ``--trainer.strategy ddp``, ``--trainer.precision 16-mixed``) scale the same run to GPUs and nodes.
 """
 
@@ -98,7 +98,7 @@ class SSDLightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.input_size", "data.input_size")
-        parser.link_arguments("data.class_names", "model.num_classes", compute_fn=len)
+        parser.link_arguments("data.class_names", "model.class_names")
         parser.add_class_arguments(ModelCheckpoint, "last_checkpoint", instantiate=True, fail_untyped=False,
                                    sub_configs=True)
         parser.set_defaults({"last_checkpoint.filename": ModelCheckpoint.CHECKPOINT_NAME_LAST,

@@ -78,6 +78,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
         return load_keras_h5(path, model)
     source = load_model(path)
+    if list(source.class_names) != list(model.class_names):
+        raise ValueError(f"{path}: the weights are for the classes {list(source.class_names)}, the model has "
+                         f"{list(model.class_names)} (data.class_names): train with the weights' classes, in "
+                         "their order, or start from a model with these classes")
     if source.architecture() != model.architecture():
         raise ValueError(f"{path}: weights are for {source.architecture()}, the model is {model.architecture()}")
     wanted = model.state_dict().keys()

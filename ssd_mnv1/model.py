@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -28,14 +29,14 @@ class SSDMobileNetV1(nn.Module):
     head) and sets ``qat``; the float model leaves them empty.
     """
 
-    def __init__(self, alpha: float = 0.25, input_size: int = 224, num_classes: int = 1):
+    def __init__(self, alpha: float = 0.25, input_size: int = 224, num_classes: int | None = None,
+                 class_names: Sequence[str] | None = None):
         super().__init__()
-        if int(num_classes) < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+        self.class_names = resolve_class_names(num_classes, class_names)
         self.alpha = check_alpha(alpha)
         self.spec = resolution_spec(input_size)
         self.input_size = self.spec.input_size
-        self.num_classes = int(num_classes)
+        self.num_classes = len(self.class_names)
         self.backbone = MobileNetV1(alpha)
         self.neck = FPNLite(self.backbone.out_channels, self.spec)
         self.head = SSDHead(self.spec, self.num_classes)
@@ -51,7 +52,8 @@ class SSDMobileNetV1(nn.Module):
 
     def architecture(self) -> dict:
         """Constructor arguments, enough to rebuild the model from a checkpoint."""
-        return {"alpha": self.alpha, "input_size": self.input_size, "num_classes": self.num_classes}
+        return {"alpha": self.alpha, "input_size": self.input_size, "num_classes": self.num_classes,
+                "class_names": list(self.class_names)}
 
     def reset_parameters(self) -> None:
         """Keras initialisers: glorot-uniform backbone, he-normal (truncated) ST layers, zero biases."""
@@ -75,6 +77,27 @@ class SSDMobileNetV1(nn.Module):
         logits, offsets = self.forward_logits(x)
         anchors = self.anchors.unsqueeze(0).expand(x.shape[0], -1, -1)
         return self.scores_quant(logits.softmax(dim=-1)), offsets, anchors
+
+
+def resolve_class_names(num_classes: int | None = None, class_names: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The model's class names (label 1, 2, ... in order) from either argument, checked.
+
+    ``num_classes`` alone names them ``person`` (one class: ST's detector) or ``class1..classC``;
+    with both, they must agree.
+    """
+    if class_names is not None:
+        names = (class_names,) if isinstance(class_names, str) else tuple(str(n) for n in class_names)
+        if not names:
+            raise ValueError("class_names is empty: give at least one class name")
+        if len(set(names)) != len(names):
+            raise ValueError(f"class_names has duplicates: {list(names)}")
+        if num_classes is not None and int(num_classes) != len(names):
+            raise ValueError(f"num_classes {num_classes} does not match the {len(names)} class_names {list(names)}")
+        return names
+    n = 1 if num_classes is None else int(num_classes)
+    if n < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+    return ("person",) if n == 1 else tuple(f"class{i}" for i in range(1, n + 1))
 
 
 def _keras_fans(conv: nn.Conv2d) -> tuple[int, int]:
@@ -101,15 +124,16 @@ def _keras_init(conv: nn.Conv2d, kind: str) -> None:
             conv.bias.zero_()
 
 
-def build_model(alpha: float = 0.25, input_size: int = 224, num_classes: int = 1,
-                weights: str | os.PathLike | None = None) -> SSDMobileNetV1:
+def build_model(alpha: float = 0.25, input_size: int = 224, num_classes: int | None = None,
+                weights: str | os.PathLike | None = None, class_names: Sequence[str] | None = None) -> SSDMobileNetV1:
     """Build ST's SSD-MobileNetV1 with Keras initialisers, then load ``weights`` if given.
 
     ``weights``: a Keras-Applications MobileNet ImageNet ``.h5`` (backbone only), or any detector
     file :func:`ssd_mnv1.load_model` opens (an ST ``.h5``, a float or QAT checkpoint: its float
-    weights), which must describe this architecture.
+    weights), which must describe this architecture. ``class_names`` (or ``num_classes``, see
+    :func:`resolve_class_names`) sets the classes; one class is ``person`` by default.
     """
-    model = SSDMobileNetV1(alpha=alpha, input_size=input_size, num_classes=num_classes)
+    model = SSDMobileNetV1(alpha=alpha, input_size=input_size, num_classes=num_classes, class_names=class_names)
     if weights is not None:
         from .loading import load_weights
 

@@ -59,8 +59,9 @@ class SSDLightningModule(pl.LightningModule):
     """ST's SSD-MobileNetV1 detector with ST's training recipe.
 
     Args:
-        alpha, input_size, num_classes: the model (``num_classes`` is linked to
-            ``data.class_names`` by the CLI).
+        alpha, input_size, class_names: the model; any input size of
+            :data:`~ssd_mnv1.specs.SUPPORTED_INPUT_SIZES` (ST ships 192/224/256). The CLI links
+            ``class_names`` to ``data.class_names``; ``num_classes`` alone names them class1..classC.
         weights: initial weights: an ST detector .h5, or a project/Lightning checkpoint.
         backbone_weights: a Keras-Applications MobileNet ImageNet .h5 (backbone only).
         lr: Adam learning rate (ST: 1e-3). ``adam_eps``: Keras' 1e-7 (added to sqrt(v), as Keras does).
@@ -92,8 +93,8 @@ class SSDLightningModule(pl.LightningModule):
             fixed length then ends converged instead of wherever the last plateau left it.
     """
 
-    def __init__(self, alpha: Literal[0.25, 0.5, 0.75, 1.0] = 0.25, input_size: Literal[192, 224, 256] = 224,
-                 num_classes: int = 1, weights: Optional[str] = None, backbone_weights: Optional[str] = None,
+    def __init__(self, alpha: Literal[0.25, 0.5, 0.75, 1.0] = 0.25, input_size: int = 224,
+                 num_classes: Optional[int] = None, class_names: Optional[list[str]] = None, weights: Optional[str] = None, backbone_weights: Optional[str] = None,
                  lr: float = 1e-3, adam_eps: float = 1e-7, l2: float = 5e-4,
                  classification_loss: Literal["focal", "hard_negative_mining"] = "focal",
                  focal_alpha: float = 1.0, focal_gamma: float = 0.25, neg_pos_ratio: float = 3.0,
@@ -106,7 +107,11 @@ class SSDLightningModule(pl.LightningModule):
                  lr_schedule: Literal["plateau", "cosine"] = "plateau"):
         super().__init__()
         self.save_hyperparameters()
-        self.model = build_model(alpha=alpha, input_size=input_size, num_classes=num_classes)
+        self.model = build_model(alpha=alpha, input_size=input_size, num_classes=num_classes,
+                                 class_names=class_names)
+        # what the checkpoint stores: both, whichever was given
+        self.hparams["num_classes"] = self.model.num_classes
+        self.hparams["class_names"] = list(self.model.class_names)
         if not 0.0 < bn_momentum <= 1.0:
             raise ValueError(f"model.bn_momentum must be in (0, 1], got {bn_momentum}")
         for bn in self.model.modules():
