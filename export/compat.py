@@ -1,14 +1,33 @@
-"""Compare a TFLite file's I/O contract with a reference file (e.g. ST's own int8 TFLite).
+"""Check a TFLite file's I/O contract against a reference file or the contract a model implies.
+
+The reference is e.g. ST's own int8 TFLite; the implied contract serves the sizes and classes ST
+ships no file for.
 
     python -m ssd_mnv1.export.compat OURS.tflite REFERENCE.tflite
+    python -m ssd_mnv1.export.compat OURS.tflite --expect MODEL          (a .ckpt or .h5)
+    python -m ssd_mnv1.export.compat OURS.tflite --size S [--classes C]  (C: a count or names a,b,c; default 1)
 
-Checked (each difference is one ``DIFFERS:`` line): number of inputs and outputs; their shapes,
-shape signatures (ST's files have a dynamic batch, -1, and ST's host evaluation resizes it to 64)
-and dtypes; the quantization (scale, zero point) of every integer input or output; the output
-order by *content* (offsets and anchors have the same shape, so both files are run on the same two
-images at batch 2 and each output is classified as scores, offsets or anchors); and the absence
-of custom/Flex ops. Tensor names and the internal op list are reported as notes only (ST's
-evaluation code identifies outputs by position). Exit status 0 when compatible, 1 otherwise.
+**Against a reference**, checked (each difference is one ``DIFFERS:`` line): number of inputs and
+outputs; their shapes, shape signatures (ST's files have a dynamic batch, -1, and ST's host
+evaluation resizes it to 64) and dtypes; the quantization (scale, zero point) of every integer
+input or output; the output order by *content* (offsets and anchors have the same shape, so both
+files are run on the same two images at batch 2 and each output is classified as scores, offsets
+or anchors); and the absence of custom/Flex ops. Tensor names and the internal op list are
+reported as notes only (ST's evaluation code identifies outputs by position).
+
+**Against the expected contract** (``--expect`` / ``--size``): ST's int8 contract
+(st_reference.md §1.2) for that input size S and C classes, with NA the anchors of S's graph
+(:func:`ssd_mnv1.specs.resolution_spec`): one **uint8** input of shape (1, S, S, 3), batch
+signature -1 (ST's) or 1 (the ``--mcu`` variant, a note), quantized with scale 1/127.5 and zero
+point 127; three **float32** outputs in ST's order - scores (1, NA, 1+C), offsets (1, NA, 4),
+anchors (1, NA, 4), with the input's batch signature - each the DEQUANTIZE of an int8 tensor, the
+scores' at scale 1/256, zero point -128 (the offsets' and anchors' scales depend on the model and
+are notes); the order checked by content as above (a dynamic-batch file must also run at batch
+2); the anchors the file outputs equal to :func:`ssd_mnv1.anchors.generate_anchors` for S within
+one step of their int8 quantization; no custom/Flex ops. Class names are not in a TFLite file:
+only their count is checked.
+
+Exit status 0 when compatible, 1 otherwise.
 
 The ``--mcu`` variant (static batch 1 for TensorFlow Lite Micro) is recognised: against a
 reference with a dynamic batch, its batch of 1 is reported as that variant's one difference (a
@@ -243,20 +262,199 @@ def compare(ours: Contract, ref: Contract) -> tuple[list[str], list[str]]:
     return diffs, notes
 
 
+@dataclass(frozen=True)
+class Expected:
+    """The I/O contract a model implies: ST's int8 contract at ``input_size`` with ``num_classes``."""
+
+    input_size: int
+    num_classes: int
+    #: What the expectation was read from (a model file, or the command line).
+    source: str = ""
+
+    @property
+    def spec(self):
+        from ssd_mnv1.specs import resolution_spec
+
+        return resolution_spec(self.input_size)
+
+    @property
+    def num_anchors(self) -> int:
+        return self.spec.num_anchors
+
+    def describe(self) -> str:
+        return (f"{self.input_size}x{self.input_size} input, {self.num_anchors} anchors, {self.num_classes} "
+                f"class{'es' if self.num_classes != 1 else ''}{f' ({self.source})' if self.source else ''}")
+
+
+def expected_from_model(path: str | os.PathLike) -> Expected:
+    """The contract of the model in a ``.ckpt`` / ``.h5`` (its input size and number of classes)."""
+    from ssd_mnv1.loading import load_model
+
+    model = load_model(path)
+    names = getattr(model, "class_names", None)
+    what = f"{path}" + (f": classes {', '.join(names)}" if names else "")
+    return Expected(int(model.input_size), int(model.num_classes), what)
+
+
+def expected_from_args(size: int, classes: str | int = 1) -> Expected:
+    """``--size S --classes C``: C a count, or comma-separated class names (their count)."""
+    from ssd_mnv1.specs import resolution_spec
+
+    resolution_spec(size)  # a ValueError naming the supported sizes
+    text = str(classes).strip()
+    if text.isdigit():
+        count, what = int(text), f"--size {size} --classes {text}"
+    else:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        count, what = len(names), f"--size {size} --classes {','.join(names)}"
+    if count < 1:
+        raise ValueError(f"--classes must be a positive count or class names, got {classes!r}")
+    return Expected(int(size), count, what)
+
+
+#: ST's int8 score output: the softmax at scale 1/256, zero point -128 (st_reference.md §1.2).
+SCORE_QUANTIZATION = (1.0 / 256.0, -128)
+
+
+def _run_one_image(path, detail: dict) -> list[np.ndarray]:
+    """The file's outputs for one probe image, batch 1 (in output order)."""
+    from ssd_mnv1.runners import make_interpreter
+
+    it = make_interpreter(path, builtin=True)
+    inp = it.get_input_details()[0]
+    it.allocate_tensors()
+    it.set_tensor(inp["index"], _probe_input(detail, 1))
+    it.invoke()
+    return [it.get_tensor(d["index"]) for d in it.get_output_details()]
+
+
+def compare_expected(path: str | os.PathLike, ours: Contract, expected: Expected) -> tuple[list[str], list[str]]:
+    """(differences from the contract ``expected`` implies, notes); see the module docstring."""
+    from ssd_mnv1.anchors import generate_anchors
+    from ssd_mnv1.preprocess import INPUT_SCALE, INPUT_ZERO_POINT
+
+    diffs, notes = [], []
+    s, na, c = expected.input_size, expected.num_anchors, expected.num_classes
+    if len(ours.inputs) != 1:
+        diffs.append(f"inputs: {len(ours.inputs)} vs expected 1")
+    batches = {d["shape_signature"][0] for d in ours.inputs + ours.outputs if d["shape_signature"]}
+    if len(batches) > 1 or not batches <= {-1, 1}:
+        diffs.append(f"batch: shape signatures have batch {sorted(batches)}; expected -1 everywhere (ST's dynamic "
+                     "batch) or 1 everywhere (the --mcu variant)")
+    batch = next(iter(batches)) if len(batches) == 1 else -1
+    if batches == {1}:
+        notes.append("batch: static 1 (the --mcu variant, which TensorFlow Lite Micro loads) where ST's files have a "
+                     "dynamic batch (-1)")
+    for i, d in enumerate(ours.inputs[:1]):
+        where = f"input {i} ('{d['name']}')"
+        if d["shape"] != [1, s, s, 3]:
+            diffs.append(f"{where}: shape {d['shape']} vs expected {[1, s, s, 3]} ({expected.describe()})")
+        if d["shape_signature"][1:] != [s, s, 3]:
+            diffs.append(f"{where}: shape signature {d['shape_signature']} vs expected {[batch, s, s, 3]}")
+        if d["dtype"] != "uint8":
+            diffs.append(f"{where}: dtype {d['dtype']} vs expected uint8 (raw pixels, ST's int8 contract)")
+        if not math.isclose(d["scale"], INPUT_SCALE, rel_tol=1e-6) or d["zero_point"] != INPUT_ZERO_POINT:
+            diffs.append(f"{where}: quantization scale {d['scale']:.9g} zp {d['zero_point']} vs expected scale "
+                         f"{INPUT_SCALE:.9g} (1/127.5) zp {INPUT_ZERO_POINT}")
+    want = {"scores": [1, na, 1 + c], "offsets": [1, na, 4], "anchors": [1, na, 4]}
+    if len(ours.outputs) != 3:
+        diffs.append(f"outputs: {len(ours.outputs)} vs expected 3 (scores, offsets, anchors)")
+    quant = output_quantization(path) if len(ours.outputs) == 3 else [None] * len(ours.outputs)
+    for i, (d, role, q) in enumerate(zip(ours.outputs, want, quant)):
+        where = f"output {i} ('{d['name']}', expected {role})"
+        if d["shape"] != want[role]:
+            diffs.append(f"{where}: shape {d['shape']} vs expected {want[role]} ({expected.describe()}"
+                         + (f": 1 + {c} score columns" if role == "scores" else "") + ")")
+        if d["shape_signature"][1:] != want[role][1:]:
+            diffs.append(f"{where}: shape signature {d['shape_signature']} vs expected {[batch, *want[role][1:]]}")
+        if d["dtype"] != "float32":
+            diffs.append(f"{where}: dtype {d['dtype']} vs expected float32 (the DEQUANTIZE of an int8 tensor)")
+        if q is None:
+            diffs.append(f"{where}: not the DEQUANTIZE of an int8 tensor (ST's outputs are)")
+        elif role == "scores" and (not math.isclose(q[0], SCORE_QUANTIZATION[0], rel_tol=1e-6)
+                                   or q[1] != SCORE_QUANTIZATION[1]):
+            diffs.append(f"{where}: int8 quantization scale {q[0]:.9g} zp {q[1]} vs expected scale "
+                         f"{SCORE_QUANTIZATION[0]:.9g} (1/256) zp {SCORE_QUANTIZATION[1]}")
+        elif role != "scores":
+            notes.append(f"{where}: int8 quantization scale {q[0]:.9g} zp {q[1]} (model-dependent)")
+    if ours.probe_error and batch == -1:
+        diffs.append(f"cannot run at batch {PROBE_BATCH} although its batch is dynamic: {ours.probe_error}")
+    if ours.roles is not None and ours.roles != list(want):
+        diffs.append(f"output order by content: {ours.roles} vs expected {list(want)}")
+    flex = sorted({op for op in ours.ops if op.startswith("CUSTOM")})
+    if flex:
+        diffs.append(f"custom/Flex ops present: {flex}")
+    if len(ours.inputs) == 1 and len(ours.outputs) == 3 and ours.roles is not None and "anchors" in ours.roles:
+        k = ours.roles.index("anchors")
+        got = _run_one_image(path, _input_detail(path))[k][0]
+        ref = generate_anchors(expected.spec).numpy()
+        step = quant[k][0] if quant[k] is not None else 0.0
+        if got.shape != ref.shape:
+            diffs.append(f"anchors: the file outputs {got.shape[0]} anchors, expected {ref.shape[0]} "
+                         f"({expected.describe()})")
+        else:
+            worst = float(np.abs(got - ref).max())
+            tolerance = step + 1e-6
+            if worst > tolerance:
+                diffs.append(f"anchors: max |difference| to generate_anchors({s}) is {worst:.6g}, more than one int8 "
+                             f"step ({step:.6g}): not this size's anchors")
+            else:
+                notes.append(f"anchors: equal generate_anchors({s}) within {worst:.6g} (int8 step {step:.6g})")
+    if ours.tflm is not None:
+        notes.append(f"TensorFlow Lite Micro {ours.tflm}")
+    return diffs, notes
+
+
+def _input_detail(path) -> dict:
+    from ssd_mnv1.runners import make_interpreter
+
+    return make_interpreter(path, builtin=True).get_input_details()[0]
+
+
+def _report(diffs: list[str], notes: list[str]) -> None:
+    for line in notes:
+        print(f"note: {line}")
+    for line in diffs:
+        print(f"DIFFERS: {line}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ssd_mnv1.export.compat", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ssd_mnv1.export.compat", description=__doc__.split("\n")[0],
+                                     epilog="Give REFERENCE, or --expect MODEL, or --size S [--classes C].")
     parser.add_argument("tflite", help="the exported file")
-    parser.add_argument("reference", help="the reference file (e.g. ST's _int8.tflite)")
+    parser.add_argument("reference", nargs="?", help="the reference file (e.g. ST's _int8.tflite)")
+    parser.add_argument("--expect", metavar="MODEL",
+                        help="check against the contract this .ckpt / .h5 implies (its input size and classes)")
+    parser.add_argument("--size", type=int, help="check against the contract of this input size (no reference file)")
+    parser.add_argument("--classes", help="with --size: number of classes, or their names a,b,c (default 1)")
     args = parser.parse_args(argv)
+    modes = [m for m, given in (("REFERENCE", args.reference), ("--expect", args.expect),
+                                ("--size", args.size is not None)) if given]
+    if len(modes) != 1:
+        parser.error(f"give exactly one of REFERENCE, --expect MODEL, --size S (got {', '.join(modes) or 'none'})")
+    if args.classes is not None and args.size is None:
+        parser.error("--classes goes with --size (--expect reads the classes from the model)")
+    if args.reference is None:
+        try:
+            expected = (expected_from_model(args.expect) if args.expect else
+                        expected_from_args(args.size, 1 if args.classes is None else args.classes))
+        except ValueError as exc:
+            parser.error(str(exc))
+        ours = read_contract(args.tflite)
+        diffs, notes = compare_expected(args.tflite, ours, expected)
+        if ours.roles is not None:
+            notes.insert(0, f"outputs by content: {ours.roles}")
+        _report(diffs, notes)
+        if diffs:
+            return 1
+        print(f"compatible: {args.tflite} has ST's int8 I/O contract for {expected.describe()}")
+        return 0
     ours, ref = read_contract(args.tflite), read_contract(args.reference)
     diffs, notes = compare(ours, ref)
     if ours.roles is not None:
         notes.insert(0, f"outputs by content: {ours.roles}")
-    for line in notes:
-        print(f"note: {line}")
+    _report(diffs, notes)
     if diffs:
-        for line in diffs:
-            print(f"DIFFERS: {line}")
         return 1
     if mcu_variant_of(ours, ref):
         print(f"compatible except for the batch: {args.tflite} (static batch 1, the --mcu variant) has the I/O "

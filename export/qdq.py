@@ -443,18 +443,41 @@ def _qdq_after(g: _Graph, op: str) -> tuple[float, int] | None:
     return None
 
 
-def _qdq_concat_quant(g: _Graph) -> dict[int, tuple[float, int]]:
-    """Output quantization of the head concatenations by their last dimension (1+C logits, 4 offsets)."""
-    import onnx
+#: Ops between a head concatenation and the softmax that leave the values as they are (QDQ pairs
+#: in the ONNX file, a RESHAPE in either).
+_TO_SOFTMAX = ("QuantizeLinear", "DequantizeLinear", "Reshape", "RESHAPE", "QUANTIZE", "DEQUANTIZE")
 
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in onnx.shape_inference.infer_shapes(g.model).graph.value_info}
+
+def _concat_role(op_types_after: list[str]) -> str:
+    """``logits`` when a concatenation's output reaches a softmax through value-preserving ops
+    only, else ``offsets``. Read from the graph, not the width: with three classes the logits are
+    4 wide (1+C) like the offsets."""
+    for op in op_types_after:
+        if op in ("Softmax", "SOFTMAX"):
+            return "logits"
+        if op not in _TO_SOFTMAX:
+            break
+    return "offsets"
+
+
+def _qdq_concat_quant(g: _Graph) -> dict[str, tuple[float, int]]:
+    """Output quantization of the head concatenations, by role: ``logits`` (1+C wide, read by the
+    softmax) and ``offsets`` (4 wide)."""
     out = {}
     for node in g.graph.node:
-        if node.op_type == "Concat" and node.output[0] in shapes:
-            q = next((n for n in g.consumers(node.output[0]) if n.op_type == "QuantizeLinear"), None)
-            if q is not None:
-                out[shapes[node.output[0]][-1]] = (float(g.const(q.input[1])), int(g.const(q.input[2])))
+        if node.op_type != "Concat":
+            continue
+        q = next((n for n in g.consumers(node.output[0]) if n.op_type == "QuantizeLinear"), None)
+        if q is None:
+            continue
+        after, cur = [], node
+        while len(after) < 8:
+            nxt = g.consumers(cur.output[0])
+            if len(nxt) != 1:
+                break
+            cur = nxt[0]
+            after.append(cur.op_type)
+        out[_concat_role(after)] = (float(g.const(q.input[1])), int(g.const(q.input[2])))
     return out
 
 
@@ -478,6 +501,23 @@ def _tflite_convs(path: str | os.PathLike) -> tuple[list[_Conv], dict]:
         return (float(q[0][0]), int(q[1][0])) if q is not None else None
 
     convs, extra = [], {"concat_outputs": {}, "softmax_output": None}
+    readers: dict[int, list] = {}
+    for op in sg.operators:
+        for i in op.inputs:
+            readers.setdefault(int(i), []).append(op)
+
+    def op_name(op) -> str:
+        code = model.operatorCodes[op.opcodeIndex]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        return next((k for k, v in vars(B).items() if v == builtin and not k.startswith("_")), str(builtin))
+
+    def ops_after(op) -> list[str]:
+        after = []
+        while len(after) < 8 and len(readers.get(int(op.outputs[0]), [])) == 1:
+            op = readers[int(op.outputs[0])][0]
+            after.append(op_name(op))
+        return after
+
     for k, op in enumerate(sg.operators):
         code = model.operatorCodes[op.opcodeIndex]
         builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
@@ -494,7 +534,7 @@ def _tflite_convs(path: str | os.PathLike) -> tuple[list[_Conv], dict]:
         elif builtin == B.CONCATENATION:
             out = int(op.outputs[0])
             if per_tensor(out) is not None:
-                extra["concat_outputs"][int(sg.tensors[out].shape[-1])] = per_tensor(out)
+                extra["concat_outputs"][_concat_role(ops_after(op))] = per_tensor(out)
         elif builtin == B.SOFTMAX:
             extra["softmax_output"] = per_tensor(int(op.outputs[0]))
     inp = int(sg.inputs[0])
@@ -528,7 +568,8 @@ def compare_scales(qdq_path: str | os.PathLike, tflite_path: str | os.PathLike) 
 
     Convs are paired by their int8 weights (layouts converted); per pair the weight scales, the
     bias scales, the conv input's and output's activation scales and zero points are compared.
-    The head concatenations (by last dimension), the softmax output and the input are compared too.
+    The head concatenations (``logits``, read by the softmax, and ``offsets``: by role, since with
+    three classes both are 4 wide), the softmax output and the input are compared too.
     Returns a dict; :func:`format_scale_report` prints it.
     """
     qdq, q_extra = _qdq_convs(qdq_path)
@@ -587,6 +628,6 @@ def format_scale_report(report: dict) -> str:
     if off:
         lines.append(f"conv outputs whose scale differs by more than 0.1 %: {', '.join(off)}")
     for k, v in sorted(report["concat_outputs"].items()):
-        lines.append(f"concat (…,{k}): QDQ {v['qdq']} vs TFLite {v['tflite']} (scale rel {f(v['scale_rel'])}, "
+        lines.append(f"concat {k}: QDQ {v['qdq']} vs TFLite {v['tflite']} (scale rel {f(v['scale_rel'])}, "
                      f"zp diff {f(v['zp_diff'])})")
     return "\n".join(lines)

@@ -127,6 +127,32 @@ def _static_anchors(model, sg, schema, anchors: np.ndarray, out_i: int, quantize
     _add_op(model, sg, schema, B.RESHAPE, [const_i, shape_i], [out_i], options=opts, options_type=O.ReshapeOptions)
 
 
+#: Ops that may stand between the head's SOFTMAX and the scores output (value-preserving).
+_AFTER_SOFTMAX = ("DEQUANTIZE", "QUANTIZE", "RESHAPE")
+
+
+def _comes_from_softmax(model, sg, schema, tensor: int) -> bool:
+    """Whether output ``tensor`` is a SOFTMAX's result (through DEQUANTIZE / QUANTIZE / RESHAPE).
+
+    The scores are told from the offsets by the op that computes them, not by their width: a
+    three-class model's scores are 4 wide (background + 3), as the offsets are.
+    """
+    B = schema.BuiltinOperator
+    producer = {int(o): op for op in sg.operators for o in op.outputs}
+    for _ in range(8):
+        op = producer.get(int(tensor))
+        if op is None:
+            return False
+        code = model.operatorCodes[op.opcodeIndex]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        if builtin == B.SOFTMAX:
+            return True
+        if builtin not in [getattr(B, name) for name in _AFTER_SOFTMAX]:
+            return False
+        tensor = op.inputs[0]
+    return False
+
+
 def finalize_outputs(tflite: bytes, anchors: np.ndarray, *, quantized: bool, static_batch: bool = False) -> bytes:
     """Append the anchors output and order outputs (scores, offsets, anchors) with ST's signature.
 
@@ -146,11 +172,14 @@ def finalize_outputs(tflite: bytes, anchors: np.ndarray, *, quantized: bool, sta
     na = anchors.shape[0]
     if len(outs) != 2:
         raise ValueError(f"expected 2 outputs (scores, offsets) before adding anchors, found {len(outs)}: {shapes}")
-    offsets_i = [i for i in outs if shapes[i] == (1, na, 4)]
-    scores_i = [i for i in outs if i not in offsets_i[:1]]
-    if not offsets_i or len(scores_i) != 1 or shapes[scores_i[0]][:2] != (1, na):
-        raise ValueError(f"cannot tell scores from offsets in outputs {shapes}")
-    scores_i, offsets_i = scores_i[0], offsets_i[0]
+    softmax = [i for i in outs if _comes_from_softmax(model, sg, schema, i)]
+    if len(softmax) != 1 or shapes[softmax[0]][:2] != (1, na):
+        raise ValueError(f"cannot tell scores from offsets in outputs {shapes}: expected one (1, {na}, 1+C) "
+                         f"output computed by a SOFTMAX, found {len(softmax)}")
+    scores_i = softmax[0]
+    offsets_i = next(i for i in outs if i != scores_i)
+    if shapes[offsets_i] != (1, na, 4):
+        raise ValueError(f"the offsets output has shape {shapes[offsets_i]}, expected (1, {na}, 4)")
     input_i = int(sg.inputs[0])
     in_sig = sg.tensors[input_i].shapeSignature
     dynamic = in_sig is not None and int(in_sig[0]) == -1

@@ -1,6 +1,6 @@
 """Evaluate any model file on a dataset with ST's AP (2.0 / 2025 variants) and COCO metrics.
 
-    python -m ssd_mnv1.evaluate MODEL --data DIR [--metric st20|st25|coco|all] [--size S]
+    python -m ssd_mnv1.evaluate MODEL --data DIR [--metric st20|st25|coco|all] [--size S] [--classes NAME ...]
                                 [--int8-input raw|st|st25] [--decoder pil|tf] [--st25-nms torch|tf]
                                 [--tflite-kernels xnnpack|builtin|reference] [--runtime litert|tflm]
                                 [--threads N] [--json FILE] [--pr-curve FILE.png]
@@ -8,9 +8,24 @@
 MODEL is a ``.ckpt``, an ST/Keras ``.h5`` (through our importer, run in PyTorch), an ``.onnx`` or a
 ``.tflite``; DIR is a COCO json + images folder or ST's YOLO layout, detected automatically.
 Images are stretched to SxS with ST's nearest resize (decoded in parallel worker processes).
-``--json FILE`` writes ``{"images": N, "st_ap_20": x, "st_ap_25": y, "coco": {"AP": .., "AP50": ..,
-"AP75": .., "APs": .., "APm": .., "APl": ..}}`` in percent, with only the keys of the metrics asked
-for (``--metric all`` gives all four).
+
+Classes: a checkpoint (or an ``.h5`` run in PyTorch) names its own; an ``.onnx`` / ``.tflite`` file
+does not, so ``--classes`` names them in label order (default ``person`` for ST's one-class layout; a
+file with more score columns needs ``--classes``). The dataset is read with those names (COCO
+categories by name, YOLO class ids 0..C-1 in that order); a name the dataset lacks is an error.
+
+``--json FILE`` writes, in percent, with only the keys of the metrics asked for (``--metric all``
+gives all)::
+
+    {"images": N, "st_ap_20": x, "st_ap_25": y,
+     "coco": {"AP": .., "AP50": .., "AP75": .., "APs": .., "APm": .., "APl": ..},
+     "per_class": {NAME: {"st_ap_20": x, "st_ap_25": y, "coco": {"AP": .., ...}}, ...}}
+
+``per_class`` has one entry per class in label order, with the same keys as the top level;
+the top-level ST-AP is the mean over the classes that have ground truth (ST's mAP), while the
+top-level COCO numbers average over categories inside pycocotools. A value is ``null`` where there
+is nothing to average (a class without ground truth in the evaluated images; a COCO size range
+without boxes of that class).
 """
 
 from __future__ import annotations
@@ -18,6 +33,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
+import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -30,7 +48,7 @@ from .cli import run
 from .cpus import available_cpus, plan_cpus
 from .fileio import atomic_write_text
 from .preprocess import DECODERS, INTERPOLATIONS, load_image, resize
-from .runners import INT8_INPUT_MODES, TFLITE_KERNELS
+from .runners import INT8_INPUT_MODES, TFLITE_KERNELS, model_class_names
 
 METRICS = ("st20", "st25", "coco", "all")
 
@@ -64,7 +82,11 @@ def _collate(batch):
 
 @dataclass
 class EvaluationResult:
-    """Metrics in percent, with the evaluator objects for PR curves."""
+    """Metrics in percent, with the evaluator objects for PR curves.
+
+    ``per_class``: class name -> that class's metrics under the JSON keys (``st_ap_20``,
+    ``st_ap_25``, ``coco``), ``None`` where the class has nothing to score (see the module doc).
+    """
 
     images: int
     model: str
@@ -72,6 +94,8 @@ class EvaluationResult:
     st_ap: dict[str, float] = field(default_factory=dict)
     coco: dict[str, float] | None = None
     st_results: dict = field(default_factory=dict)
+    class_names: tuple[str, ...] = ()
+    per_class: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         out: dict = {"images": self.images}
@@ -79,6 +103,8 @@ class EvaluationResult:
             out[f"st_ap_{variant[2:]}"] = value
         if self.coco is not None:
             out["coco"] = self.coco
+        if self.per_class:
+            out["per_class"] = self.per_class
         return out
 
 
@@ -108,7 +134,8 @@ def _loader(view, batch_size: int, workers: int | None, decoder: str = "pil") ->
 def evaluate(runner, dataset, metrics: tuple[str, ...] = ("st20",), *, batch_size: int = 16,
              workers: int | None = None, interpolation: str = "nearest", progress: bool = True,
              limit: int | None = None, images: np.ndarray | None = None,
-             decoder: str = "pil", st25_nms: str = "torch") -> EvaluationResult:
+             decoder: str = "pil", st25_nms: str = "torch",
+             class_names: Sequence[str] | None = None) -> EvaluationResult:
     """Run ``runner`` over ``dataset`` and compute the requested metrics.
 
     ``images``: the first ``len(images)`` images of the dataset already resized by
@@ -116,15 +143,18 @@ def evaluate(runner, dataset, metrics: tuple[str, ...] = ("st20",), *, batch_siz
     :data:`DECODERS`. ``st25_nms``: NMS back-end of the st25 and COCO post-processing
     (``postprocess.NMS_BACKENDS``; ``tf`` is ST 2025's own op and breaks score ties as ST does).
     ``workers``: decoding processes (default: ``plan_cpus(purpose="evaluate")``); the compute threads
-    are the caller's (``torch.set_num_threads``, the runner's own).
+    are the caller's (``torch.set_num_threads``, the runner's own). ``class_names``: label 1, 2, ...
+    (default: the runner's, else the dataset's); the model's score columns must be 1 + their count.
 
     Three stages overlap: decoding (worker processes), the runner (this thread) and post-processing
     + metric updates of the previous batch (one helper thread; NMS and the torch forward release
     the GIL). Batches are post-processed in order, so the results are those of a serial loop.
     """
-    from .metrics import STAPEvaluator, coco_metrics
+    from .metrics import STAPEvaluator
+    from .metrics.coco import coco_metrics_by_class
     from .postprocess import postprocess
 
+    names = _class_names(runner, dataset, class_names)
     variants = [m for m in metrics if m in ("st20", "st25")]
     want_coco = "coco" in metrics
     size = runner.input_size
@@ -166,20 +196,55 @@ def evaluate(runner, dataset, metrics: tuple[str, ...] = ("st20",), *, batch_siz
         for batch, indices in progress_bar(loader, desc=f"evaluate {runner.name} @{size}", unit="batch",
                                    disable=not progress):
             outputs = runner(batch)
+            _check_columns(outputs[0], names, runner.name)
             if pending is not None:
                 pending.result()  # one batch in flight at most; re-raises its error here
             pending = helper.submit(score, outputs, indices)
         if pending is not None:
             pending.result()
-    result = EvaluationResult(images=len(seen), model=runner.name, input_size=size)
+    result = EvaluationResult(images=len(seen), model=runner.name, input_size=size, class_names=names)
+    by_label: dict[int, dict] = {label: {} for label in range(1, len(names) + 1)}
     for variant, ev in evaluators.items():
         res = ev.compute()
         result.st_results[variant] = res
         result.st_ap[variant] = round(100.0 * res.ap, 4)
+        for label in sorted(set(by_label) | set(res.per_class)):
+            by_label.setdefault(label, {})[f"st_ap_{variant[2:]}"] = _percent(res.per_class.get(label))
     if want_coco:
-        coco = coco_metrics([records[i] for i in seen], coco_dets)
+        coco, coco_by_label = coco_metrics_by_class([records[i] for i in seen], coco_dets)
         result.coco = {k: round(100.0 * v, 4) for k, v in coco.items()}
+        for label in sorted(set(by_label) | set(coco_by_label)):
+            values = coco_by_label.get(label)
+            by_label.setdefault(label, {})["coco"] = None if values is None else \
+                {k: _percent(v) for k, v in values.items()}
+    result.per_class = {names[label - 1] if label <= len(names) else str(label): values
+                        for label, values in sorted(by_label.items())}
+    empty = [name for name, values in result.per_class.items() if values and
+             all(v is None for v in values.values())]
+    if empty:
+        warnings.warn(f"class(es) {', '.join(empty)} have no ground truth in the {result.images} evaluated "
+                      "image(s): their AP is null and left out of the mean", stacklevel=2)
     return result
+
+
+def _class_names(runner, dataset, class_names: Sequence[str] | None) -> tuple[str, ...]:
+    """The names of labels 1, 2, ...: given, else the runner's (a checkpoint's), else the dataset's."""
+    for names in (class_names, getattr(runner, "class_names", None), getattr(dataset, "class_names", None)):
+        if names is not None:
+            return tuple(str(n) for n in names)
+    return ("person",)
+
+
+def _check_columns(scores: np.ndarray, names: tuple[str, ...], model: str) -> None:
+    """A model scoring other classes than those named would give every AP to the wrong class."""
+    if scores.shape[-1] != 1 + len(names):
+        raise ValueError(f"{model} has {scores.shape[-1]} score columns (background + {scores.shape[-1] - 1} "
+                         f"classes) but is evaluated with {len(names)} class name(s) {list(names)}")
+
+
+def _percent(value: float | None) -> float | None:
+    """0..1 -> percent (4 decimals); ``None`` for nothing to average (NaN from COCOeval, a class without GT)."""
+    return None if value is None or math.isnan(value) else round(100.0 * value, 4)
 
 
 def format_result(result: EvaluationResult) -> str:
@@ -189,6 +254,19 @@ def format_result(result: EvaluationResult) -> str:
         lines.append(f"  {names[variant]:<34} {value:7.2f}")
     if result.coco is not None:
         lines.append("  COCO  " + "  ".join(f"{k} {v:.2f}" for k, v in result.coco.items()))
+    if len(result.per_class) > 1:  # one class: the lines above are its numbers
+        columns = [(f"st_ap_{v[2:]}", None, {"st20": "ST-AP 2.0", "st25": "ST-AP 2025"}[v]) for v in result.st_ap]
+        if result.coco is not None:
+            columns += [("coco", "AP", "COCO AP"), ("coco", "AP50", "AP50")]
+        width = max(12, *(len(name) for name in result.per_class))
+        lines.append(f"  {'class':<{width}}" + "".join(f"  {title:>10}" for _, _, title in columns))
+        for name, values in result.per_class.items():
+            cells = []
+            for key, sub, _ in columns:
+                value = values.get(key)
+                value = value.get(sub) if sub is not None and value is not None else value
+                cells.append(f"  {'-' if value is None else f'{value:.2f}':>10}")
+            lines.append(f"  {name:<{width}}" + "".join(cells))
     return "\n".join(lines)
 
 
@@ -198,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="COCO json/folder or ST YOLO-layout folder")
     parser.add_argument("--metric", default="st20", choices=METRICS, help="default: st20 (ST's 2.0 evaluator)")
     parser.add_argument("--size", type=int, help="input size; must match the model's if given")
+    parser.add_argument("--classes", nargs="+", metavar="NAME",
+                        help="class names in label order, for .onnx/.tflite files (default: person for a "
+                             "one-class file); a checkpoint stores its own, which these must equal")
     parser.add_argument("--int8-input", default="raw", choices=INT8_INPUT_MODES,
                         help="uint8 TFLite input: raw pixels (device), ST 2.0's (st) or 2025's (st25) "
                              "host conversion")
@@ -241,14 +322,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.size is not None and args.size != runner.input_size:
         raise ValueError(f"--size {args.size} does not match {args.model}, whose input is "
                          f"{runner.input_size}x{runner.input_size}")
-    dataset = open_dataset(args.data)
+    names = model_class_names(runner, args.classes, args.model)
+    try:
+        dataset = open_dataset(args.data, class_names=names)
+    except ValueError as exc:  # a class the dataset lacks: say where the names came from
+        if "unknown category name" not in str(exc):
+            raise
+        origin = (f"the classes stored in {args.model}" if getattr(runner, "class_names", None) is not None
+                  else "--classes" if args.classes else f"the default class of {args.model}")
+        raise ValueError(f"{exc} (evaluating {origin}: {', '.join(names)})") from None
     metrics = ("st20", "st25", "coco") if args.metric == "all" else (args.metric,)
     # The ~400k objects of the torch/TF imports and the model are never garbage; each full cyclic
     # collection would walk them again (~0.25 s, a few times per run): set them aside.
     gc.freeze()
     result = evaluate(runner, dataset, metrics, batch_size=args.batch_size, workers=args.workers,
                       interpolation=args.interpolation, limit=args.limit, decoder=args.decoder,
-                      st25_nms=args.st25_nms)
+                      st25_nms=args.st25_nms, class_names=names)
     print(format_result(result))
     if args.json:
         atomic_write_text(args.json, json.dumps(result.to_json(), indent=2) + "\n")

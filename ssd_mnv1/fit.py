@@ -18,6 +18,7 @@ With no arguments it runs ``lightning_configs/quickstart.yaml`` (packaged with t
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from importlib import resources
@@ -141,14 +142,29 @@ class SSDLightningCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+def _check_input_size_options(args: list[str]) -> None:
+    """A non-square ``--model.input_size`` (``256x192``, ``[256, 192]``) gets the rule's own error, not
+    the parser's "expected an int"."""
+    from .specs import resolution_spec
+
+    for i, arg in enumerate(args):
+        key, _, value = arg.partition("=")
+        if key in ("--model.input_size", "--data.input_size"):
+            value = value if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+            if not value.strip().lstrip("-").isdigit() and len(re.findall(r"\d+", value)) >= 2:
+                resolution_spec(value if "x" in value.lower() else tuple(re.findall(r"\d+", value)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
         config = packaged_config("quickstart.yaml")
         print(f"ssd_mnv1 quickstart: training on generated person-like images ({config})", flush=True)
         args = ["fit", "--config", str(config)]
-    elif argv is None:
-        args = None  # LightningCLI reads sys.argv itself (and warns when given both)
+    else:
+        _check_input_size_options(args)
+        if argv is None:
+            args = None  # LightningCLI reads sys.argv itself (and warns when given both)
     try:
         with warnings.catch_warnings():  # args given on purpose (quickstart, ssd-mnv1 fit), not mixed up with sys.argv
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")

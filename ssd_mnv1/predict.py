@@ -1,13 +1,15 @@
-"""Detect persons in images with any model file and draw the results.
+"""Detect objects (persons, for ST's model) in images with any model file and draw the results.
 
     python -m ssd_mnv1.predict MODEL IMAGES... --out DIR [--score 0.5] [--iou 0.5] [--max-det 100]
-                               [--runtime litert|tflm]
+                               [--classes NAME ...] [--runtime litert|tflm]
 
 MODEL is a ``.ckpt``, ``.h5``, ``.onnx`` or ``.tflite`` (as for ``ssd_mnv1.evaluate``); IMAGES are
 files or folders. ``--runtime tflm`` runs a ``.tflite`` in TensorFlow Lite Micro (the ``mcu``
-extra; a file exported with ``--mcu``) instead of LiteRT. For each image DIR gets ``<name>.png``
-with boxes and scores drawn, and ``detections.json`` lists every detection in original-image
-pixels (and which runner made them).
+extra; a file exported with ``--mcu``) instead of LiteRT. Boxes are named with the checkpoint's
+stored classes; an ``.onnx`` / ``.tflite`` stores none, so ``--classes`` names them (default
+``person`` for a one-class file). For each image DIR gets ``<name>.png`` with boxes, names and
+scores drawn, and ``detections.json`` lists the classes and every detection (``class_id``,
+``label`` = its name, score, box in original-image pixels), and which runner made them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .cli import run
 from .fileio import atomic_path, atomic_write_text
 from .postprocess import Detections, postprocess
 from .preprocess import IMAGE_SUFFIXES, is_image_file, load_image, resize
-from .runners import INT8_INPUT_MODES
+from .runners import INT8_INPUT_MODES, model_class_names
 from .tflm import RUNTIMES
 
 COLOURS = ((255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 64, 255))
@@ -81,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score", type=float, default=0.5, help="score threshold (default 0.5)")
     parser.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold (default 0.5)")
     parser.add_argument("--max-det", type=int, default=100, help="detections kept per image (default 100)")
-    parser.add_argument("--classes", nargs="+", default=["person"], help="class names (default: person)")
+    parser.add_argument("--classes", nargs="+", metavar="NAME",
+                        help="class names in label order (default: the checkpoint's own; person for a one-class "
+                             ".onnx/.tflite, which store no names); a checkpoint's names must equal these")
     parser.add_argument("--int8-input", default="raw", choices=INT8_INPUT_MODES,
                         help="uint8 TFLite input: raw pixels (device), ST 2.0 or ST 2025 host conversion")
     parser.add_argument("--runtime", default="litert", choices=RUNTIMES,
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = open_tflm_runner(args.model, int8_input=args.int8_input)
     else:
         runner = open_runner(args.model, int8_input=args.int8_input)
+    names = list(model_class_names(runner, args.classes, args.model))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = []
@@ -107,19 +112,19 @@ def main(argv: list[str] | None = None) -> int:
         image, det = predict_image(runner, path, score=args.score, iou=args.iou, max_det=args.max_det)
         h, w = image.shape[:2]
         boxes_px = det.to_pixels(w, h).numpy()
-        drawn = draw(image, boxes_px, det.scores.numpy(), det.labels.numpy(), args.classes)
+        drawn = draw(image, boxes_px, det.scores.numpy(), det.labels.numpy(), names)
         with atomic_path(out / f"{path.stem}.png") as tmp:
             drawn.save(tmp, format="PNG")
         report.append({
             "image": str(path), "width": w, "height": h,
-            "detections": [{"class_id": int(c), "label": args.classes[int(c) - 1] if int(c) <= len(args.classes) else str(int(c)),
+            "detections": [{"class_id": int(c), "label": names[int(c) - 1],
                             "score": round(float(s), 5), "box": [round(float(v), 2) for v in b]}
                            for b, s, c in zip(boxes_px, det.scores, det.labels)],
         })
         print(f"{path}: {len(det)} detection(s) -> {out / (path.stem + '.png')}")
     atomic_write_text(out / "detections.json", json.dumps({"model": str(args.model), "runner": runner.name,
-                                                          "score_threshold": args.score, "images": report},
-                                                         indent=2) + "\n")
+                                                          "classes": names, "score_threshold": args.score,
+                                                          "images": report}, indent=2) + "\n")
     print(f"wrote {out / 'detections.json'}")
     return 0
 

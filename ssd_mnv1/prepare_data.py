@@ -1,4 +1,4 @@
-"""``python -m ssd_mnv1.prepare_data``: COCO 2017 -> ST's person set (see :mod:`ssd_mnv1.data.prepare`)."""
+"""``python -m ssd_mnv1.prepare_data``: COCO 2017 -> ST's person set or any categories (see :mod:`ssd_mnv1.data.prepare`)."""
 
 from .cli import run
 from .data.prepare import main

@@ -2,6 +2,9 @@
 
 A runner takes a batch of images already stretched to SxS (uint8 NHWC, as ST's evaluation and the
 device see them) and returns ST's three float outputs ``(scores, offsets, anchors)`` as numpy arrays.
+Its ``class_names`` are the model's own (a PyTorch model stores them) or ``None`` where the file
+does not carry them (ONNX, TFLite, TFLM, Keras): :func:`model_class_names` then takes them from
+the user (``--classes``) or, for ST's one-class layout, defaults to ``person``.
 The heavy back-ends (onnxruntime, the TFLite interpreter, tf_keras) are imported only when such a
 file is opened, so ``import ssd_mnv1`` stays free of TensorFlow.
 """
@@ -34,6 +37,7 @@ TFLITE_KERNELS = ("xnnpack", "builtin", "reference")
 class Runner(Protocol):
     name: str
     input_size: int
+    class_names: tuple[str, ...] | None
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
@@ -64,6 +68,8 @@ class TorchRunner:
         self.device = torch.device(device)
         self.name = name
         self.input_size = model.input_size
+        names = getattr(model, "class_names", None)
+        self.class_names = tuple(names) if names is not None else None
         self.autocast = autocast
         self._table = None if self.device.type == "cpu" else \
             torch.from_numpy(normalize(np.arange(256, dtype=np.uint8))).to(self.device)
@@ -152,6 +158,7 @@ class OnnxRunner:
         if not self.quantized and inp.type != "tensor(float)":
             raise ValueError(f"{path}: input '{inp.name}' is {inp.type}; expected float (float export) or uint8 (QDQ)")
         self.name = "onnx-qdq" if self.quantized else "onnx"
+        self.class_names = None  # an exported graph does not carry them
         self.int8_input = int8_input
         self.input_quantization = _onnx_input_quantization(self.path, inp.name) if self.quantized else None
         shape = inp.shape
@@ -235,6 +242,7 @@ class TFLiteRunner:
         shape = self.input["shape"]
         self.input_size = int(shape[1])
         self.name = "tflite-int8" if self.input["dtype"] in (np.uint8, np.int8) else "tflite-fp32"
+        self.class_names = None  # a .tflite does not carry them
 
     def _prepare(self, image: np.ndarray) -> np.ndarray:
         dtype = self.input["dtype"]
@@ -305,6 +313,7 @@ class KerasRunner:
         self.model = tf_keras.models.load_model(str(path), compile=False)
         self.input_size = int(self.model.input_shape[1])
         self.name = "keras"
+        self.class_names = None
 
     def __call__(self, images: np.ndarray):
         outs = self.model(normalize(images), training=False)
@@ -343,3 +352,47 @@ def open_runner(path: str | os.PathLike, *, int8_input: str = "raw", h5_backend:
                              "install the export extra: pip install -e '.[export]'") from None
     return TFLiteRunner(path, int8_input=int8_input, num_threads=num_threads,
                         builtin=tflite_kernels == "builtin", reference=tflite_kernels == "reference")
+
+
+def score_columns(runner) -> int:
+    """Width of the runner's scores output (background + one column per class): a PyTorch
+    model says it, any other file answers one blank image."""
+    model = getattr(runner, "model", None)
+    if isinstance(model, torch.nn.Module) and hasattr(model, "num_classes"):
+        return int(model.num_classes) + 1
+    size = runner.input_size
+    return int(runner(np.zeros((1, size, size, 3), np.uint8))[0].shape[-1])
+
+
+def model_class_names(runner, classes=None, path: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """The class names (label 1, 2, ... in order) to evaluate or draw ``runner``'s detections with.
+
+    The model's stored names win (a checkpoint, an ``.h5`` run in PyTorch); ``classes`` (the
+    ``--classes`` option) must then equal them. A file without names (``.onnx``, ``.tflite``)
+    takes ``classes``, whose count must fit its score columns, or is ``person`` when it has ST's
+    two columns (background, person). Every mismatch is one ValueError naming the file and both sides.
+    """
+    where = path if path is not None else runner.name
+    given = None if classes is None else tuple(str(c) for c in classes)
+    if given is not None:
+        if not given:
+            raise ValueError("--classes is empty: give at least one class name")
+        if len(set(given)) != len(given):
+            raise ValueError(f"--classes has duplicates: {list(given)}")
+    stored = getattr(runner, "class_names", None)
+    if stored is not None:
+        stored = tuple(stored)
+        if given is not None and given != stored:
+            raise ValueError(f"--classes {list(given)} differs from the classes stored in {where}, "
+                             f"{list(stored)}: drop --classes or give exactly those names, in that order")
+        return stored
+    columns = score_columns(runner)
+    if given is None:
+        if columns == 2:
+            return ("person",)
+        raise ValueError(f"{where} has {columns} score columns (background + {columns - 1} classes) and does "
+                         f"not store class names: pass --classes with its {columns - 1} names, in label order")
+    if columns != 1 + len(given):
+        raise ValueError(f"{where} has {columns} score columns (background + {columns - 1} classes) but "
+                         f"--classes gives {len(given)} name(s) {list(given)}: give {columns - 1}")
+    return given

@@ -128,7 +128,9 @@ def test_no_argument_run_uses_the_packaged_quickstart(monkeypatch):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--model.input_size", "300"], ["input_size", "192", "224", "256"]),
+    (["--model.input_size", "300"], ["input_size", "300", "multiple of 32", "128", "512"]),
+    (["--model.input_size", "256x192"], ["input_size", "non-square"]),
+    (["--model.input_size=[256, 192]"], ["input_size", "non-square"]),
     (["--model.learning_rate", "0.1"], ["learning_rate"]),
     (["--data.val_split", "2"], ["data.val_split", "[0, 1)"]),
     (["--model.weights", "missing.h5"], ["missing.h5", "no such model file"]),

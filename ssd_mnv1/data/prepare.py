@@ -1,4 +1,7 @@
-"""Build the COCO 2017 person set (ST's ``dataset_converter``, COCO mode) in COCO and YOLO layouts.
+"""Build a COCO 2017 subset (ST's ``dataset_converter``, COCO mode) in COCO and YOLO layouts.
+
+ST's person set is the default (``--classes person``); any list of COCO category names gives a
+multi-class set with the same rules, labels in ``--classes`` order.
 
     python -m ssd_mnv1.prepare_data --coco DIR_OR_ZIPS [...] --split val2017|train2017 --out OUT
                                     [--classes person] [--layout coco|yolo|both]
@@ -15,8 +18,8 @@ Output ``OUT/coco/images/*.jpg`` + ``OUT/coco/annotations.json`` and ``OUT/yolo/
 
 * every annotation of the chosen categories is kept, crowd boxes included;
 * an image is kept only if it has at least one such box (so the set has no empty images);
-* YOLO lines are ``class cx cy w h`` with 6 decimals, class = index in ``--classes`` (person = 0),
-  ``cx = (x + w/2) / width`` etc. in annotation order.
+* YOLO lines are ``class cx cy w h`` with 6 decimals, class = index in ``--classes`` (0..C-1; the
+  first name is 0), ``cx = (x + w/2) / width`` etc. in annotation order.
 
 Decisions beyond ST's converter (kept identical to :mod:`ssd_mnv1.data.datasets`):
 
@@ -26,7 +29,11 @@ Decisions beyond ST's converter (kept identical to :mod:`ssd_mnv1.data.datasets`
   unclipped, which can put ``cx + w/2`` beyond 1); boxes inside the image are written exactly as
   ST does. The COCO json keeps every kept annotation unchanged;
 * the COCO json keeps the official category ids (person = 1), image records, annotation fields
-  (segmentation included), ``info`` and ``licenses``; only the chosen categories remain;
+  (segmentation included), ``info`` and ``licenses``; only the chosen categories remain, listed in
+  ``--classes`` order. Readers map categories by name (``read_coco(class_names=...)``), so the
+  official ids need no renumbering and label k is the k-th name in both layouts;
+* a ``--classes`` name missing from the source json is an error listing the available names (and
+  the closest ones) before anything is written;
 * files are written atomically (temp file + rename); the YOLO image is a hard link to the COCO
   copy when both layouts are written and the filesystem allows it. A rerun into the same ``OUT``
   reuses images already there with the right size (resuming an interrupted run) and refuses an
@@ -36,6 +43,7 @@ Decisions beyond ST's converter (kept identical to :mod:`ssd_mnv1.data.datasets`
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import http.client
 import json
@@ -378,6 +386,7 @@ class PrepareStats:
     bad_boxes: int = 0             # width or height <= 0: dropped
     outside_boxes: int = 0         # entirely outside the image: dropped
     clipped_boxes: int = 0         # overhanging an edge: clipped in the YOLO labels
+    boxes_per_class: dict[str, int] = field(default_factory=dict)
     images_copied: int = 0
     images_reused: int = 0         # already in OUT with the right size (rerun)
     outputs: dict[str, Path] = field(default_factory=dict)
@@ -387,6 +396,8 @@ class PrepareStats:
         lines = [f"{self.split}: {self.images_total} images, kept {self.images_kept} with >= 1 {names} box, "
                  f"dropped {self.images_dropped} without",
                  f"  boxes: {self.boxes} ({self.crowd_boxes} crowd, kept as ordinary boxes)"]
+        if len(self.classes) > 1:
+            lines.append("  per class: " + ", ".join(f"{n} {self.boxes_per_class.get(n, 0)}" for n in self.classes))
         if self.bad_boxes or self.outside_boxes:
             lines.append(f"  dropped boxes: {self.bad_boxes} with width/height <= 0, "
                          f"{self.outside_boxes} outside their image")
@@ -461,11 +472,24 @@ def prepare_coco(source: CocoSource | Sequence[str | os.PathLike], split: str, o
             src.close()
 
 
+def _check_category_names(data: dict, names: list[str], ann_name: str) -> None:
+    """One error for all misspelt names, with the closest COCO names: there are 80 to choose from."""
+    available = sorted({str(c["name"]) for c in data["categories"] if isinstance(c, dict) and "name" in c})
+    unknown = [n for n in names if n not in available]
+    if not unknown:
+        return
+    close = [m for n in unknown for m in difflib.get_close_matches(n, available, n=2, cutoff=0.6)]
+    hint = f"; did you mean {', '.join(map(repr, dict.fromkeys(close)))}?" if close else ""
+    raise ValueError(f"{ann_name}: --classes: unknown category name(s) {', '.join(map(repr, unknown))}{hint}; "
+                     f"available: {', '.join(available) or 'none'}")
+
+
 def _prepare(src: CocoSource, split: str, out: Path, names: list[str], layouts: list[str],
              progress: bool) -> PrepareStats:
     ann_name = src.annotation_name()
     _say(f"reading {ann_name}", not progress)
     data = src.load_annotations()
+    _check_category_names(data, names, ann_name)
     labels_of = coco_category_labels(data, names, ann_name)
     stats = PrepareStats(split, names)
 
@@ -540,6 +564,9 @@ def _prepare(src: CocoSource, split: str, out: Path, names: list[str], layouts: 
                 lines.append(line)
             atomic_write_text((yolo_labels / rel).with_suffix(".txt"), "".join(lines))
         stats.boxes += len(per_image[iid])
+        for ann in per_image[iid]:
+            name = names[labels_of[ann["category_id"]] - 1]
+            stats.boxes_per_class[name] = stats.boxes_per_class.get(name, 0) + 1
         stats.crowd_boxes += sum(bool(a.get("iscrowd", 0)) for a in per_image[iid])
 
     if "coco" in layouts:
@@ -549,7 +576,8 @@ def _prepare(src: CocoSource, split: str, out: Path, names: list[str], layouts: 
             "licenses": data.get("licenses", []),
             "images": [images[iid] for iid in kept],
             "annotations": [a for iid in kept for a in per_image[iid]],
-            "categories": [c for c in data["categories"] if c["id"] in chosen],
+            "categories": sorted((c for c in data["categories"] if c["id"] in chosen),
+                                 key=lambda c: labels_of[c["id"]]),
         }
         atomic_write_text(out / "coco" / "annotations.json", json.dumps(subset) + "\n")
         stats.outputs["coco"] = out / "coco"
@@ -564,7 +592,8 @@ def _prepare(src: CocoSource, split: str, out: Path, names: list[str], layouts: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ssd_mnv1.prepare_data",
-        description="Build ST's COCO person set (COCO and YOLO-Darknet layouts) from a COCO 2017 download.")
+        description="Build ST's COCO person set, or a subset of any COCO categories (--classes), in COCO and "
+                    "YOLO-Darknet layouts from a COCO 2017 download.")
     parser.add_argument("--coco", nargs="+", metavar="DIR_OR_ZIP",
                         help="extracted COCO 2017 folder (annotations/ + <split>/), the official zips or a "
                              "folder with them; with --download: the download cache folder "
@@ -572,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", required=True, choices=SPLITS)
     parser.add_argument("--out", required=True, help="output folder (gets coco/ and/or yolo/)")
     parser.add_argument("--classes", nargs="+", default=["person"],
-                        help="COCO category names to keep, in label order (default: person)")
+                        help="COCO category names to keep, in label order: YOLO class 0 is the first "
+                             "(default: person; quote names with spaces, e.g. 'traffic light')")
     parser.add_argument("--layout", default="both", choices=("coco", "yolo", "both"))
     parser.add_argument("--download", action="store_true",
                         help="download the official archives into the --coco folder first (resumable)")

@@ -56,12 +56,14 @@ def _detection_list(records, detections: dict[int, Detections], max_detections: 
     return out
 
 
-def _summarize(precision: np.ndarray, iou_thrs: np.ndarray, iou: float | None, area: int, m: int) -> float:
-    # precision: [T, R, K, A, M]; -1 marks "no GT" entries (pycocotools' own _summarize)
+def _summarize(precision: np.ndarray, iou_thrs: np.ndarray, iou: float | None, area: int, m: int,
+               k: int | None = None) -> float:
+    # precision: [T, R, K, A, M]; -1 marks "no GT" entries (pycocotools' own _summarize);
+    # ``k``: one category's slice of the K axis instead of all of them
     p = precision
     if iou is not None:
         p = p[np.flatnonzero(np.isclose(iou_thrs, iou))]
-    p = p[:, :, :, area, m]
+    p = p[:, :, :, area, m] if k is None else p[:, :, k, area, m]
     valid = p[p > -1]
     return float(np.mean(valid)) if valid.size else float("nan")
 
@@ -75,15 +77,27 @@ def coco_metrics(records, detections: dict[int, Detections], max_detections: int
     ``max_detections`` per image by score are kept and mapped to original pixels in float.
     ``params.imgIds`` = the records' ids (images without detections count as misses).
     A value is NaN where COCOeval has nothing to average (pycocotools prints -1); all values are
-    0 when there are no detections at all.
+    0 when there are no detections at all. :func:`coco_metrics_by_class` adds each category's.
+    """
+    return coco_metrics_by_class(records, detections, max_detections)[0]
+
+
+def coco_metrics_by_class(records, detections: dict[int, Detections],
+                          max_detections: int = 100) -> tuple[dict, dict[int, dict]]:
+    """:func:`coco_metrics` and the same six numbers per category: ``(all, {label: {...}})``.
+
+    One COCOeval run: a category's numbers average only its slice of the precision array (the
+    K axis), as pycocotools' ``_summarize`` does over all of them, so the all-category values are
+    unchanged. Only labels present in the GT are categories (detections of others are ignored).
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     records = list(records)
     dets = _detection_list(records, detections, int(max_detections))
+    labels = sorted({int(c) for r in records for c in np.asarray(r.labels).reshape(-1)})
     if not dets:
-        return {k: 0.0 for k in KEYS}
+        return {k: 0.0 for k in KEYS}, {c: {k: 0.0 for k in KEYS} for c in labels}
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet):
         gt = COCO()
@@ -99,6 +113,10 @@ def coco_metrics(records, detections: dict[int, Detections], max_detections: int
     prec = ev.eval["precision"]
     thr = ev.params.iouThrs
     m = ev.params.maxDets.index(int(max_detections))
-    return {"AP": _summarize(prec, thr, None, 0, m), "AP50": _summarize(prec, thr, 0.5, 0, m),
-            "AP75": _summarize(prec, thr, 0.75, 0, m), "APs": _summarize(prec, thr, None, 1, m),
-            "APm": _summarize(prec, thr, None, 2, m), "APl": _summarize(prec, thr, None, 3, m)}
+
+    def summary(k: int | None) -> dict:
+        return {"AP": _summarize(prec, thr, None, 0, m, k), "AP50": _summarize(prec, thr, 0.5, 0, m, k),
+                "AP75": _summarize(prec, thr, 0.75, 0, m, k), "APs": _summarize(prec, thr, None, 1, m, k),
+                "APm": _summarize(prec, thr, None, 2, m, k), "APl": _summarize(prec, thr, None, 3, m, k)}
+
+    return summary(None), {int(c): summary(k) for k, c in enumerate(ev.params.catIds)}

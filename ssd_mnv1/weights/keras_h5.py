@@ -28,7 +28,7 @@ from torch import nn
 from ..backbone import ConvBN, MobileNetV1
 from ..fileio import existing_file
 from ..model import SSDMobileNetV1, build_model
-from ..specs import ANCHORS_PER_LOCATION, SUPPORTED_ALPHAS, SUPPORTED_INPUT_SIZES
+from ..specs import ANCHORS_PER_LOCATION, ST_INPUT_SIZES, SUPPORTED_ALPHAS, SUPPORTED_INPUT_SIZES
 
 _BACKBONE_RE = re.compile(r"^(conv1|conv_(dw|pw)_\d+)(_bn)?$")
 _AUTO_RE = re.compile(r"^(conv2d|depthwise_conv2d)(?:_(\d+))?$")
@@ -163,8 +163,8 @@ def infer_input_size(kf: KerasFile) -> int:
             raise KerasImportError(f"{kf.path}: input layer '{kf.input_layer}' is {h}x{w} (height x width); "
                                    "ST's detector takes a square input")
         if h not in SUPPORTED_INPUT_SIZES:
-            raise KerasImportError(f"{kf.path}: input layer '{kf.input_layer}' is {h}x{w}; ST's detector is "
-                                   f"defined only at {', '.join(map(str, SUPPORTED_INPUT_SIZES))}")
+            raise KerasImportError(f"{kf.path}: input layer '{kf.input_layer}' is {h}x{w}; the detector is "
+                                   "defined for square sizes that are a multiple of 32 from 128 to 512")
     if kf.input_size is not None:
         return int(kf.input_size)
     # No saved graph: 5 levels (heads 3x3 everywhere) is 192; 6 levels cannot tell 224 from 256.
@@ -279,7 +279,7 @@ def _count_mismatch(kf: KerasFile, kind: str, found: int, model: SSDMobileNetV1)
     text = (f"{kf.path}: the file has {found} ST-added {kind} layers, a {model.input_size}x{model.input_size} "
             f"model has {expected}")
     fits = []
-    for size in SUPPORTED_INPUT_SIZES:
+    for size in ST_INPUT_SIZES:
         other = build_model(model.alpha, size, model.num_classes)
         if len(_st_conv_order(other) if kind == "conv2d" else _st_dw_order(other)) == found:
             fits.append(str(size))
