@@ -1,4 +1,5 @@
-"""COCO 2017 -> person set (ST's converter) from folders, zips and a loopback HTTP download."""
+"""COCO 2017 -> person set (ST's converter) or several categories, from folders, zips and a loopback
+HTTP download."""
 
 from __future__ import annotations
 
@@ -133,6 +134,61 @@ def test_prepare_single_layout_and_several_classes(tmp_path):
     assert (stats.images_kept, stats.images_dropped, stats.boxes) == (3, 0, 5)
     lines = (tmp_path / "out" / "yolo" / "labels" / "000000000001.txt").read_text().splitlines()
     assert [line.split()[0] for line in lines] == ["1", "0", "1"]
+
+
+def multi_category_json() -> dict:
+    """coco_json plus a dog (id 18) and a traffic light (id 10, a name with a space): four categories
+    whose ids are neither contiguous nor in the order the classes are asked for."""
+    data = coco_json()
+    data["categories"] += [{"supercategory": "animal", "id": 18, "name": "dog"},
+                           {"supercategory": "outdoor", "id": 10, "name": "traffic light"}]
+    data["annotations"] += [{"id": 16, "image_id": 3, "category_id": 18, "bbox": [10, 8, 30, 20], "area": 600.0,
+                             "iscrowd": 0},
+                            {"id": 17, "image_id": 2, "category_id": 10, "bbox": [50, 2, 6, 16], "area": 96.0,
+                             "iscrowd": 0}]
+    return data
+
+
+def test_prepare_several_categories_in_both_layouts(tmp_path, capsys):
+    src = extracted_coco(tmp_path / "coco2017", multi_category_json())
+    out = tmp_path / "out"
+    names = ["traffic light", "dog", "person"]                     # car (id 3) left out
+    assert main(["--coco", str(src), "--split", SPLIT, "--out", str(out), "--classes", "traffic light",
+                 "dog,person"]) == 0
+    text = capsys.readouterr().out
+    assert "kept 3 with >= 1 traffic light/dog/person box" in text
+    assert "per class: traffic light 1, dog 1, person 3" in text
+    # YOLO: class ids 0..C-1 in --classes order, annotation order within a file, the car dropped.
+    labels = out / "yolo" / "labels"
+    assert [line.split()[0] for line in (labels / "000000000001.txt").read_text().splitlines()] == ["2", "2"]
+    assert [line.split()[0] for line in (labels / "000000000002.txt").read_text().splitlines()] == ["2", "0"]
+    assert (labels / "000000000003.txt").read_text() == "1 0.390625 0.375000 0.468750 0.416667\n"
+    # COCO: official ids kept, only the chosen categories, listed in --classes order.
+    coco = json.loads((out / "coco" / "annotations.json").read_text())
+    assert [(c["id"], c["name"]) for c in coco["categories"]] == [(10, "traffic light"), (18, "dog"), (1, "person")]
+    assert [a["id"] for a in coco["annotations"]] == [11, 13, 14, 17, 16]
+    # Both layouts read back with the same labels (1-based, --classes order) and boxes.
+    c, y = open_dataset(out / "coco", class_names=names), open_dataset(out / "yolo", class_names=names)
+    assert len(c) == len(y) == 3
+    for rc, ry in zip(c.records, y.records):
+        np.testing.assert_array_equal(rc.labels, ry.labels)
+        np.testing.assert_allclose(rc.boxes, ry.boxes, atol=1e-6)
+    assert [r.labels.tolist() for r in c.records] == [[3, 3], [3, 1], [2]]
+
+
+def test_prepare_unknown_category_is_one_error_before_writing(tmp_path, capsys):
+    from ssd_mnv1.cli import run
+
+    src = extracted_coco(tmp_path / "coco2017", multi_category_json())
+    with pytest.raises(SystemExit) as done:
+        run(main, ["--coco", str(src), "--split", SPLIT, "--out", str(tmp_path / "out"),
+                   "--classes", "person", "persn", "zebra"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("error: ") and err.rstrip().endswith(
+        "--classes: unknown category name(s) 'persn', 'zebra'; did you mean 'person'?; "
+        "available: car, dog, person, traffic light")
+    assert not (tmp_path / "out").exists()
 
 
 def test_prepare_drops_degenerate_boxes_and_clips_overhang_in_yolo(tmp_path):
