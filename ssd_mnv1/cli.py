@@ -69,7 +69,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reproduce": ("ssd_mnv1.reproduce", "ST's published AP next to ST's files and our port"),
     "footprint": ("ssd_mnv1.footprint", "parameters, MACs, int8 size, peak activations, CPU latency"),
     "convert": ("ssd_mnv1.convert", "ST's detector .h5 -> project checkpoint"),
-    "prepare-data": ("ssd_mnv1.prepare_data", "COCO 2017 -> ST's person set in COCO and YOLO layouts"),
+    "prepare-data": ("ssd_mnv1.prepare_data", "COCO 2017 -> any categories (person by default) in COCO and YOLO layouts"),
+    "synthetic": ("ssd_mnv1.synthetic", "write a generated multi-class dataset (person, sign, crate, wheel)"),
 }
 
 

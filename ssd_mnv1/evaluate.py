@@ -23,9 +23,9 @@ gives all)::
 
 ``per_class`` has one entry per class in label order, with the same keys as the top level;
 the top-level ST-AP is the mean over the classes that have ground truth (ST's mAP), while the
-top-level COCO numbers average over categories inside pycocotools. A value is ``null`` where there
-is nothing to average (a class without ground truth in the evaluated images; a COCO size range
-without boxes of that class).
+top-level COCO numbers average over categories inside pycocotools. A per-class value is ``null``
+where there is nothing to average (a class without ground truth in the evaluated images, also
+warned; a COCO size range without boxes of that class), where the top-level COCO keeps ``NaN``.
 """
 
 from __future__ import annotations
@@ -144,7 +144,8 @@ def evaluate(runner, dataset, metrics: tuple[str, ...] = ("st20",), *, batch_siz
     (``postprocess.NMS_BACKENDS``; ``tf`` is ST 2025's own op and breaks score ties as ST does).
     ``workers``: decoding processes (default: ``plan_cpus(purpose="evaluate")``); the compute threads
     are the caller's (``torch.set_num_threads``, the runner's own). ``class_names``: label 1, 2, ...
-    (default: the runner's, else the dataset's); the model's score columns must be 1 + their count.
+    (default: the runner's, else the dataset's; with neither, ``person`` or ``class1..classC`` from
+    the score columns); the model's score columns must be 1 + their count.
 
     Three stages overlap: decoding (worker processes), the runner (this thread) and post-processing
     + metric updates of the previous batch (one helper thread; NMS and the torch forward release
@@ -196,12 +197,13 @@ def evaluate(runner, dataset, metrics: tuple[str, ...] = ("st20",), *, batch_siz
         for batch, indices in progress_bar(loader, desc=f"evaluate {runner.name} @{size}", unit="batch",
                                    disable=not progress):
             outputs = runner(batch)
-            _check_columns(outputs[0], names, runner.name)
+            names = _check_columns(outputs[0], names, runner.name)
             if pending is not None:
                 pending.result()  # one batch in flight at most; re-raises its error here
             pending = helper.submit(score, outputs, indices)
         if pending is not None:
             pending.result()
+    names = names if names is not None else ("person",)  # nothing was evaluated
     result = EvaluationResult(images=len(seen), model=runner.name, input_size=size, class_names=names)
     by_label: dict[int, dict] = {label: {} for label in range(1, len(names) + 1)}
     for variant, ev in evaluators.items():
@@ -227,19 +229,27 @@ def evaluate(runner, dataset, metrics: tuple[str, ...] = ("st20",), *, batch_siz
     return result
 
 
-def _class_names(runner, dataset, class_names: Sequence[str] | None) -> tuple[str, ...]:
-    """The names of labels 1, 2, ...: given, else the runner's (a checkpoint's), else the dataset's."""
+def _class_names(runner, dataset, class_names: Sequence[str] | None) -> tuple[str, ...] | None:
+    """The names of labels 1, 2, ...: given, else the runner's (a checkpoint's), else the dataset's;
+    ``None`` when nothing names them (plain record lists): the score columns then decide."""
     for names in (class_names, getattr(runner, "class_names", None), getattr(dataset, "class_names", None)):
         if names is not None:
             return tuple(str(n) for n in names)
-    return ("person",)
+    return None
 
 
-def _check_columns(scores: np.ndarray, names: tuple[str, ...], model: str) -> None:
-    """A model scoring other classes than those named would give every AP to the wrong class."""
-    if scores.shape[-1] != 1 + len(names):
-        raise ValueError(f"{model} has {scores.shape[-1]} score columns (background + {scores.shape[-1] - 1} "
-                         f"classes) but is evaluated with {len(names)} class name(s) {list(names)}")
+def _check_columns(scores: np.ndarray, names: tuple[str, ...] | None, model: str) -> tuple[str, ...]:
+    """The class names, checked against the score columns: a model scoring other classes than
+    those named would give every AP to the wrong class. Unnamed classes get the default names."""
+    columns = scores.shape[-1]
+    if names is None:
+        from .model import resolve_class_names
+
+        return resolve_class_names(num_classes=columns - 1)
+    if columns != 1 + len(names):
+        raise ValueError(f"{model} has {columns} score columns (background + {columns - 1} classes) but is "
+                         f"evaluated with {len(names)} class name(s) {list(names)}")
+    return names
 
 
 def _percent(value: float | None) -> float | None:

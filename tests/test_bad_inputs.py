@@ -388,7 +388,7 @@ def non_keras_h5(tmp, ckpt):
 @error_case
 def h5_unsupported_resolution(tmp, ckpt):
     bad = h5_file(tmp / "r200.h5", input_size=200)
-    return convert(bad, tmp), [f"{bad}: input layer 'input_1' is 200x200", "only at 192, 224, 256"]
+    return convert(bad, tmp), [f"{bad}: input layer 'input_1' is 200x200", "multiple of 32 from 128 to 512"]
 
 
 @error_case

@@ -156,7 +156,8 @@ def test_deployed_file_takes_classes_and_checks_their_count(shapes, three_class_
     """An .onnx stores no names: its 4 score columns need --classes with 3 names."""
     line = _cli_error(capsys, evaluate_main, [three_class_onnx, "--data", shapes, *FAST])
     assert str(three_class_onnx) in line and "4 score columns" in line and "pass --classes with its 3 names" in line
-    line = _cli_error(capsys, evaluate_main, [three_class_onnx, "--data", shapes, "--classes", "rect", "ellipse", *FAST])
+    line = _cli_error(capsys, evaluate_main,
+                      [three_class_onnx, "--data", shapes, "--classes", "rect", "ellipse", *FAST])
     assert "4 score columns" in line and "--classes gives 2 name(s) ['rect', 'ellipse']" in line, line
     line = _cli_error(capsys, predict_main, [three_class_onnx, shapes.parent / "images", "--out", tmp_path / "o"])
     assert "pass --classes" in line
@@ -237,7 +238,8 @@ def test_class_without_ground_truth_is_null_and_warned(shapes):
 
 def test_evaluate_rejects_names_that_do_not_fit_the_score_columns(shapes):
     dataset = open_dataset(shapes, class_names=CLASSES)
-    with pytest.raises(ValueError, match=r"ground-truth has 4 score columns .* 2 class name\(s\) \['rect', 'ellipse'\]"):
+    with pytest.raises(ValueError, match=r"ground-truth has 4 score columns .* 2 class name\(s\) "
+                                         r"\['rect', 'ellipse'\]"):
         evaluate(GroundTruthRunner(dataset, keep={1}), dataset, class_names=["rect", "ellipse"],
                  images=_indexed_images(dataset), progress=False)
 
