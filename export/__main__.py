@@ -15,6 +15,13 @@ kernel: the same network, outputs and quantization, names ending in _mcu (with t
 installed, the int8 file is loaded and run in TFLM once and its arena size printed).
 --ledger evaluates every produced stage (ST-AP, max |Δ| to the previous stage and to PyTorch float)
 and, with an int8 TFLite, every quantized layer (SQNR, ST-AP cost), into DIR/ledger.{json,md,png}.
+The dataset is read with the model's class names; a model of several classes also gets each
+stage's ST-AP per class.
+
+Any input size the model was built for (multiples of 32 from 128 to 512) and any number of classes
+export the same way: the score output is (N, NA, 1+C) at ST's 1/256 scale, NA the anchors of that
+size. Check a file against the contract its checkpoint implies with
+``python -m ssd_mnv1.export.compat FILE.tflite --expect MODEL``.
 """
 
 from __future__ import annotations
@@ -75,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             model = (result.models["pytorch-fake-quant"] if source is None else
                      int8_simulation(source, calibration_images(args.calib, source.input_size, args.calib_count),
                                      args.per_tensor))
-            layers = build_layer_ledger(model, result.files["tflite-int8"], result.files["tflite-fp32"], args.ledger,
-                                        limit=args.ledger_limit)
+            layers = build_layer_ledger(model, result.files["tflite-int8"], result.files["tflite-fp32"],
+                                        args.ledger, limit=args.ledger_limit)
             ledger["layers"] = {**layers, "model": str(args.model)}
         paths = write_ledger(ledger, args.out)
         print(ledger_markdown(ledger))

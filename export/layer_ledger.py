@@ -548,7 +548,7 @@ def build_layer_ledger(model, int8_tflite: str | os.PathLike, fp32_tflite: str |
     qat.eval()
 
     matches = match_tensors(qat if is_qat(model) else model, q, f)
-    dataset = open_dataset(data)
+    dataset = open_dataset(data, class_names=model.class_names)  # ST-AP: the mean over the model's classes
     images = resize_all(dataset, size, progress=False, limit=limit)
 
     t0 = time.perf_counter()

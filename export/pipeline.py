@@ -34,6 +34,10 @@ class ExportResult:
     files: dict[str, Path] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     onnx_parity: dict[str, float] = field(default_factory=dict)
+    #: Per TFLite file (``tflite-fp32``, ``tflite-int8``): max |difference| of its outputs, taken in
+    #: file order (scores, offsets, anchors: ST's contract), to the PyTorch model it was converted
+    #: from (``pytorch-float``; ``pytorch-fake-quant`` for the int8 file) on the same uint8 pixels.
+    tflite_parity: dict[str, dict[str, float]] = field(default_factory=dict)
     #: The PyTorch models behind the files, in chain order: ``pytorch-float`` (as loaded),
     #: ``pytorch-equalized`` (when equalized), ``pytorch-fake-quant`` (what the int8 files run).
     models: dict[str, torch.nn.Module] = field(default_factory=dict)
@@ -150,6 +154,10 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str | 
     if "tflite-fp32" not in targets:
         return result
     anchors = generate_anchors(model.spec).numpy()
+    pixels = np.stack([np.broadcast_to(np.linspace(0, 255, size).round().astype(np.uint8)[None, :, None],
+                                       (size, size, 3))] +
+                      ([np.rint((c[0] + 1) * 127.5).clip(0, 255).astype(np.uint8) for c in calib_data[:3]]
+                       if calib_data else []))
     with tempfile.TemporaryDirectory(prefix="ssd_mnv1_export_") as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
@@ -168,8 +176,10 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str | 
         result.files["tflite-fp32"] = _write(out_dir / f"{stem}_float32{suffix}.tflite", fp32)
         if mcu:
             _no_batch_ops(result.files["tflite-fp32"])
+        result.tflite_parity["tflite-fp32"] = tflite_parity(result.files["tflite-fp32"], model, pixels)
         result.timings["tflite-fp32"] = time.perf_counter() - t0
-        log(f"tflite-fp32: {result.files['tflite-fp32']}")
+        log(f"tflite-fp32: {result.files['tflite-fp32']} ({_parity_text(result.tflite_parity['tflite-fp32'])} "
+            "vs PyTorch)")
         if "tflite-int8" not in targets:
             return result
 
@@ -186,6 +196,8 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str | 
         bad = sorted({op for op in ops if op.startswith("CUSTOM")})
         if bad:
             raise RuntimeError(f"int8 model contains custom/Flex ops {bad}")
+        result.tflite_parity["tflite-int8"] = tflite_parity(result.files["tflite-int8"],
+                                                            result.models["pytorch-fake-quant"], pixels)
         tflm = ""
         if mcu:
             result.tflm_arena_bytes = _check_static_batch(result.files["tflite-int8"])
@@ -193,8 +205,46 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str | 
                     if result.tflm_arena_bytes is None else
                     f"; loads and runs in TFLite Micro, arena {result.tflm_arena_bytes:,} bytes")
         log(f"tflite-int8: {result.files['tflite-int8']} ({len(calib_data)} calibration images, "
-            f"{'per-tensor' if per_tensor else 'per-channel'}{', static batch 1' if mcu else ''}{tflm})")
+            f"{'per-tensor' if per_tensor else 'per-channel'}{', static batch 1' if mcu else ''}{tflm}; "
+            f"{_parity_text(result.tflite_parity['tflite-int8'])} vs the PyTorch fake-quant model)")
     return result
+
+
+def tflite_parity(path: str | os.PathLike, model: torch.nn.Module, pixels: np.ndarray) -> dict[str, float]:
+    """Max |difference| per output between a TFLite file and ``model`` on uint8 NHWC ``pixels``.
+
+    The file's outputs are taken by position (ST's evaluation code indexes them so) and compared
+    with the model's (scores, offsets, anchors): a file with outputs out of ST's order, or with
+    scores of another width (classes) or another anchor count (size), fails here rather than
+    matching by content. A float file gets the pixels as x/127.5 - 1, a uint8 one the raw pixels;
+    the model always gets x/127.5 - 1.
+    """
+    from ssd_mnv1.preprocess import normalize
+    from ssd_mnv1.runners import make_interpreter
+
+    it = make_interpreter(path, builtin=True)
+    it.allocate_tensors()
+    inp = it.get_input_details()[0]
+    names = ("scores", "offsets", "anchors")
+    diffs = {name: 0.0 for name in names}
+    model = model.eval()
+    for image in pixels:
+        x = image[None].astype(np.uint8) if inp["dtype"] == np.uint8 else normalize(image[None])
+        it.set_tensor(inp["index"], x)
+        it.invoke()
+        outs = [it.get_tensor(d["index"]) for d in it.get_output_details()]
+        with torch.no_grad():
+            ref = [t.numpy() for t in model(torch.from_numpy(normalize(image[None])).permute(0, 3, 1, 2))]
+        if len(outs) != 3 or any(a.shape != b.shape for a, b in zip(outs, ref)):
+            raise RuntimeError(f"{path}: outputs {[list(a.shape) for a in outs]}, the PyTorch model's are "
+                               f"{[list(b.shape) for b in ref]} (scores, offsets, anchors)")
+        for name, a, b in zip(names, outs, ref):
+            diffs[name] = max(diffs[name], float(np.abs(a.astype(np.float32) - b).max()))
+    return diffs
+
+
+def _parity_text(diffs: dict[str, float]) -> str:
+    return "max |d| " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
 
 
 def _no_batch_ops(path: Path) -> None:
@@ -317,13 +367,20 @@ def build_ledger(model_path, result: ExportResult, data: str | os.PathLike, *, l
     :data:`CONFIDENT_SCORE` are compared box for box where a step promises to keep them: the
     equalized model with the float one, the int8 file with its fake-quant model, the QDQ ONNX
     with the int8 TFLite.
+
+    The dataset is opened with the model's class names (its categories of those names, in the
+    model's order). With more than one class, every stage also has its ST-AP per class
+    (``st_ap_20_per_class``: class name -> ST-AP, None for a class without ground truth in the
+    evaluated images), and the markdown a per-class table.
     """
     from ssd_mnv1.data import open_dataset
     from ssd_mnv1.evaluate import evaluate, resize_all
     from ssd_mnv1.runners import TFLiteRunner
 
     float_model = result.models["pytorch-float"]
-    dataset = open_dataset(data)
+    class_names = tuple(getattr(float_model, "class_names", ("person",)))
+    per_class = len(class_names) > 1
+    dataset = open_dataset(data, class_names=class_names)
     images = resize_all(dataset, float_model.input_size, progress=False)
     if limit is not None:
         images = images[:limit]
@@ -333,9 +390,11 @@ def build_ledger(model_path, result: ExportResult, data: str | os.PathLike, *, l
     anchors = generate_anchors(float_model.spec).numpy()
     for name, runner, path in _ledger_stages(result, int8_input):
         recording = _Recording(runner)
-        ev = evaluate(recording, dataset, ("st20",), images=images, limit=len(images), progress=False)
+        ev = evaluate(recording, dataset, ("st20",), images=images, limit=len(images), progress=False,
+                      class_names=class_names)
         outs = recording.outputs()
         row = {"stage": name, "st_ap_20": ev.st_ap["st20"], "images": ev.images,
+               **({"st_ap_20_per_class": _per_class_ap(ev, class_names)} if per_class else {}),
                "file": str(path) if path else None,
                "size_bytes": Path(path).stat().st_size if path else _param_bytes(runner.model),
                "max_diff_scores": None, "max_diff_offsets": None,
@@ -360,22 +419,31 @@ def build_ledger(model_path, result: ExportResult, data: str | os.PathLike, *, l
             # it equals TFLite's reference kernels (OpResolverType.BUILTIN_REF) bit for bit.
             ref = _Recording(TFLiteRunner(path, int8_input=int8_input, builtin=True))
             row["st_ap_20_reference_kernels"] = evaluate(ref, dataset, ("st20",), images=images, limit=len(images),
-                                                         progress=False).st_ap["st20"]
+                                                         progress=False, class_names=class_names).st_ap["st20"]
             ref_outs = ref.outputs()
             row["kernel_floor_max_diff_scores"], row["kernel_floor_max_diff_offsets"] = _max_diffs(outs, ref_outs)
             row["kernel_floor_det_agreement"] = _agreement(dets[name], _top_detections(ref_outs, anchors))
-            row["st_ap_20_tflm"] = _tflm_st_ap(path, int8_input, dataset, images) if result.mcu else None
+            row["st_ap_20_tflm"] = (_tflm_st_ap(path, int8_input, dataset, images, class_names)
+                                    if result.mcu else None)
         rows.append(row)
         previous = outs
         reference = outs if reference is None else reference
     return {"model": str(model_path), "data": str(data), "input_size": float_model.input_size,
+            "class_names": list(class_names),
             "int8_input": int8_input, "diff_images": len(images),
             "weights": "per-tensor" if result.per_tensor else "per-channel",
             "equalization": result.equalization, "stages": rows,
             "timings_s": {k: round(v, 2) for k, v in result.timings.items()}}
 
 
-def _tflm_st_ap(path: Path, int8_input: str, dataset, images: np.ndarray) -> float | None:
+def _per_class_ap(ev, class_names: tuple[str, ...]) -> dict[str, float | None]:
+    """ST-AP (st20, percent) of each class of an evaluation, by name; None for a class that has no
+    ground truth among the evaluated images (ST-AP leaves it out of the mean)."""
+    return {name: (ev.per_class.get(name) or {}).get("st_ap_20") for name in class_names}
+
+
+def _tflm_st_ap(path: Path, int8_input: str, dataset, images: np.ndarray,
+                class_names: tuple[str, ...] = ("person",)) -> float | None:
     """ST-AP (st20) of an ``--mcu`` file under TensorFlow Lite Micro (None without tflite-micro)."""
     from ssd_mnv1.evaluate import evaluate
     from ssd_mnv1.tflm import TFLMRunner, tflm_available
@@ -383,7 +451,7 @@ def _tflm_st_ap(path: Path, int8_input: str, dataset, images: np.ndarray) -> flo
     if not tflm_available():
         return None
     return evaluate(TFLMRunner(path, int8_input=int8_input), dataset, ("st20",), images=images, limit=len(images),
-                    progress=False).st_ap["st20"]
+                    progress=False, class_names=class_names).st_ap["st20"]
 
 
 def _param_bytes(model: torch.nn.Module) -> int:
@@ -409,6 +477,15 @@ def ledger_markdown(ledger: dict) -> str:
         agree = f"{pct(r.get('det_agreement_prev'))} / {pct(r.get('det_agreement_vs_fake_quant'))}"
         lines.append(f"| {r['stage']} | {r['st_ap_20']:.2f} | {r['st_ap_20'] - base:+.2f} | {scores} | {offsets} | "
                      f"{agree} | {r['size_bytes'] / 1024:.1f} KiB |")
+    names = ledger.get("class_names") or []
+    if len(names) > 1 and all("st_ap_20_per_class" in r for r in ledger["stages"]):
+        fmt_ap = (lambda v: "–" if v is None else f"{v:.2f}")
+        lines += ["", f"ST-AP per class (st20; – : no ground truth of that class in the {ledger['stages'][0]['images']} "
+                  "images); the ST-AP above is the mean over the classes with ground truth.", "",
+                  "| stage | " + " | ".join(f"`{n}`" for n in names) + " |",
+                  "|---|" + "---|" * len(names)]
+        for r in ledger["stages"]:
+            lines.append(f"| {r['stage']} | " + " | ".join(fmt_ap(r["st_ap_20_per_class"].get(n)) for n in names) + " |")
     eq = ledger.get("equalization")
     if eq:
         lines += ["", f"Equalized before int8 ({ledger['weights']} weights): the weights reading "

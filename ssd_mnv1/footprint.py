@@ -5,7 +5,8 @@ and the arena TensorFlow Lite Micro allocates for it.
 
 MODEL is a ``.ckpt``/``.h5`` (exported on the fly to the ``--mcu`` int8 file, the one TFLite Micro
 loads; random calibration images unless --calib, which changes no size) or an int8 ``.tflite``.
-ST's published STM32 figures for the same resolution are printed beside ours and labelled as theirs.
+ST's published STM32 figures for the same resolution are printed beside ours and labelled as theirs
+(ST published figures for 192, 224 and 256 only; at other sizes the ST columns are empty).
 
 For a file TFLite Micro (TFLM, the ``mcu`` extra) loads, the arena bytes come from TFLM's own
 allocation report (its RecordingMicroAllocator), next to ST's published activation RAM and weights
@@ -26,8 +27,8 @@ import numpy as np
 import torch
 
 from .cli import run
-from .specs import SUPPORTED_ALPHAS, scaled_channels
-from .zoo import st_release
+from .specs import SUPPORTED_ALPHAS, resolution_spec, scaled_channels
+from .zoo import RELEASES, st_release
 
 
 def count_macs(model: torch.nn.Module, size: int) -> int:
@@ -75,7 +76,8 @@ def tflite_architecture(tflite_path) -> dict:
     The MAC count is taken on the PyTorch model with these arguments, so they must be the file's:
     the width from the first convolution's output channels (``int(32 * alpha)``), the classes from
     the score output's width (background + classes; the two box outputs are 4 wide, so when all
-    three outputs are 4 wide the scores are too), the resolution from the input.
+    three outputs are 4 wide the scores are too: three classes), the resolution from the input
+    (any size :func:`~ssd_mnv1.specs.resolution_spec` builds, square).
     """
     if not Path(tflite_path).is_file():
         raise FileNotFoundError(f"{tflite_path}: no such TFLite file")
@@ -93,8 +95,17 @@ def tflite_architecture(tflite_path) -> dict:
     if len(widths) != 3:
         raise ValueError(f"{tflite_path}: {len(widths)} outputs; an SSD detector has 3 (scores, offsets, anchors)")
     scores = [w for w in widths if w != 4] or [4]
-    return {"alpha": alphas[0], "input_size": int(sg.tensors[sg.inputs[0]].shape[1]),
-            "num_classes": scores[0] - 1}
+    if len(scores) != 1:
+        raise ValueError(f"{tflite_path}: outputs {widths} wide; an SSD detector has one score output "
+                         "(background + classes) and two 4-wide box outputs")
+    shape = [int(d) for d in sg.tensors[sg.inputs[0]].shape]
+    if len(shape) != 4 or shape[1] != shape[2]:
+        raise ValueError(f"{tflite_path}: input of shape {shape}; the detector takes a square (N, S, S, 3) image")
+    try:
+        resolution_spec(shape[1])
+    except ValueError as exc:
+        raise ValueError(f"{tflite_path}: {exc}") from None
+    return {"alpha": alphas[0], "input_size": shape[1], "num_classes": scores[0] - 1}
 
 
 def _tensor_bytes(sg, schema):
@@ -277,7 +288,7 @@ def tflm_markdown(tflm: dict, size: int) -> str:
     lines = ["", "### TensorFlow Lite Micro: what the microcontroller runtime allocates", ""]
     if not tflm["loads"]:
         return "\n".join(lines + [f"Not measured: {tflm['why']}", ""])
-    stm32 = st_release(size).stm32
+    stm32 = st_release(size).stm32 if size in RELEASES else {}
     st_act = stm32.get("H7 activation RAM KiB (Cube.AI 10.0)")
     st_flash = stm32.get("H7 weights flash KiB (Cube.AI 10.0)")
     st_rt = ST_RUNTIME_RAM_KIB.get(size)
@@ -377,10 +388,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"({tflm['head_bytes'] / 1024:.1f} KiB activations + {tflm['tail_bytes'] / 1024:.1f} KiB "
                   f"runtime state) |")
         print(f"| CPU latency, TFLite interpreter, {args.threads} thread(s), this machine | {ms:.2f} ms (median of {args.runs}) |")
-        print(f"\n### ST's published figures for their {size} model (theirs, on STM32, not measured here)\n")
-        print("| quantity | ST |\n|---|---|")
-        for key, value in st_release(size).stm32.items():
-            print(f"| {key} | {value} |")
+        if size in RELEASES:
+            print(f"\n### ST's published figures for their {size} model (theirs, on STM32, not measured here)\n")
+            print("| quantity | ST |\n|---|---|")
+            for key, value in st_release(size).stm32.items():
+                print(f"| {key} | {value} |")
+        else:
+            print(f"\nST published no figures for {size}x{size} (it released {', '.join(map(str, RELEASES))}).")
         print(tflm_markdown(tflm, size))
     return 0
 
