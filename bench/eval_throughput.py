@@ -20,13 +20,14 @@ Two figures per model, both through ``ssd_mnv1.evaluate.evaluate`` with the same
 
 Also the bare model forward on the pre-resized images. The models are timed alternately for
 ``--rounds`` rounds (best round kept), in one process with the same thread count, and the table
-gives the PyTorch / TFLite ratio. PyTorch runs as ``ssd_mnv1.evaluate`` runs it and, as extra
-columns, with its BatchNorms folded into the convs (``TorchRunner(fold_batchnorm=True)``) and, with
-``--device cuda``, under bf16 autocast and in channels-last memory format; TFLite stays on the CPU.
+gives the PyTorch / TFLite ratio. PyTorch runs as ``ssd_mnv1.evaluate`` runs it (BatchNorms folded
+into the convs, ``runners.EVAL_TORCH_OPTIONS``) and, as extra columns, with its BatchNorms left
+unfolded (the model as trained) and, with ``--device cuda``, under bf16 autocast and in
+channels-last memory format; TFLite stays on the CPU.
 
 The last line printed is one JSON object with the end-to-end figures: ``torch_images_per_s``,
 ``tflite_images_per_s``, ``ratio_torch_over_tflite``, and ``torch_<variant>_images_per_s`` for the
-extra PyTorch columns (``bn_folded``, ``bf16``, ``channels_last``).
+extra PyTorch columns (``unfolded``, ``bf16``, ``channels_last``).
 """
 
 from __future__ import annotations
@@ -109,11 +110,12 @@ def prepare_models(args, tmp: Path, images: np.ndarray):
 
 def torch_runners(model, device: str) -> dict:
     """The PyTorch columns: ``ssd_mnv1.evaluate``'s runner first, then the variants (JSON key: runner)."""
-    from ssd_mnv1.runners import TorchRunner
+    from ssd_mnv1.runners import EVAL_TORCH_OPTIONS, TorchRunner
 
-    variants = {"": {}, "bn_folded": {"fold_batchnorm": True}}
+    variants = {"": dict(EVAL_TORCH_OPTIONS), "unfolded": {}}
     if device != "cpu":
-        variants.update(bf16={"autocast": torch.bfloat16}, channels_last={"channels_last": True})
+        variants.update(bf16={**EVAL_TORCH_OPTIONS, "autocast": torch.bfloat16},
+                        channels_last={**EVAL_TORCH_OPTIONS, "channels_last": True})
     return {key: TorchRunner(copy.deepcopy(model), f"pytorch {key}".strip(), device, **options)
             for key, options in variants.items()}
 

@@ -48,7 +48,7 @@ from .cli import run
 from .cpus import available_cpus, plan_cpus
 from .fileio import atomic_write_text
 from .preprocess import DECODERS, INTERPOLATIONS, load_image, resize
-from .runners import INT8_INPUT_MODES, TFLITE_KERNELS, model_class_names
+from .runners import EVAL_TORCH_OPTIONS, INT8_INPUT_MODES, TFLITE_KERNELS, model_class_names
 
 METRICS = ("st20", "st25", "coco", "all")
 
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = plan_cpus(args.workers, args.threads, purpose="evaluate").threads
     torch.set_num_threads(threads)
     runner = open_runner(args.model, int8_input=args.int8_input, num_threads=threads,
-                         tflite_kernels=args.tflite_kernels, runtime=args.runtime)
+                         tflite_kernels=args.tflite_kernels, runtime=args.runtime, **EVAL_TORCH_OPTIONS)
     if args.size is not None and args.size != runner.input_size:
         raise ValueError(f"--size {args.size} does not match {args.model}, whose input is "
                          f"{runner.input_size}x{runner.input_size}")

@@ -115,6 +115,41 @@ def test_capped_nms_equals_full_nms_truncated():
                 np.testing.assert_array_equal(a, b[:cap])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chunked_capped_nms_keeps_what_one_full_nms_keeps(dtype):
+    # the capped NMS runs chunk by chunk with the boxes kept so far in front; it must give the first
+    # `cap` boxes of one torchvision NMS over everything, in order, whatever the chunking: clusters
+    # of near-duplicates on top (few kept per chunk), scattered boxes below (most kept), boxes on a
+    # 1/16 grid (IoU exactly at the threshold), tied scores and crossed corners
+    from torchvision import ops
+
+    from ssd_mnv1.postprocess import _nms_in_order
+
+    rng = np.random.default_rng(5)
+    for trial in range(12):
+        n_top, n_tail = int(rng.integers(50, 900)), int(rng.integers(0, 1500))
+        centers = rng.uniform(0, 1, (int(rng.integers(1, 12)), 2))
+        top_xy = centers[rng.integers(0, len(centers), n_top)] + rng.normal(0, 0.01, (n_top, 2))
+        top = np.concatenate([top_xy, top_xy + 0.3], axis=1)
+        tail_xy = rng.uniform(-0.1, 1, (n_tail, 2))
+        tail = np.concatenate([tail_xy, tail_xy + rng.uniform(0.01, 0.2, (n_tail, 2))], axis=1)
+        boxes = np.concatenate([top, tail])
+        if trial % 3 == 0:
+            boxes = np.round(boxes * 16) / 16
+        if trial % 4 == 1:
+            boxes[::17] = boxes[::17][:, [2, 3, 0, 1]]
+        scores = np.concatenate([rng.uniform(0.5, 1, n_top), rng.uniform(0.001, 0.5, n_tail)])
+        scores = (np.round(scores * 64) / 64).astype(np.float32)  # ties
+        boxes_t, scores_t = torch.from_numpy(boxes).to(dtype), torch.from_numpy(scores)
+        order = torch.from_numpy(np.argsort(-scores, kind="stable"))
+        for threshold in (0.5, float(np.nextafter(0.5, 0.0)), 0.3):
+            full = order[ops.nms(boxes_t[order], -torch.arange(len(order), dtype=dtype), threshold)]
+            for cap in (1, 7, 100, 250, len(boxes)):
+                got = _nms_in_order(boxes_t, scores_t, threshold, cap)
+                np.testing.assert_array_equal(got.numpy(), full[:cap].numpy(), err_msg=f"{trial} {threshold} {cap}")
+            np.testing.assert_array_equal(_nms_in_order(boxes_t, scores_t, threshold).numpy(), full.numpy())
+
+
 def test_st_score_threshold_is_strict_and_classes_are_separate():
     # 3 columns: background, class 1, class 2; the same box scores in both classes
     box = np.float32([[0.1, 0.1, 0.4, 0.4]])
