@@ -25,7 +25,7 @@ gives all)::
 the top-level ST-AP is the mean over the classes that have ground truth (ST's mAP), while the
 top-level COCO numbers average over categories inside pycocotools. A per-class value is ``null``
 where there is nothing to average (a class without ground truth in the evaluated images, also
-warned; a COCO size range without boxes of that class), where the top-level COCO keeps ``NaN``.
+warned; a COCO size range without boxes), at the top level too.
 """
 
 from __future__ import annotations
@@ -101,8 +101,8 @@ class EvaluationResult:
         out: dict = {"images": self.images}
         for variant, value in self.st_ap.items():
             out[f"st_ap_{variant[2:]}"] = value
-        if self.coco is not None:
-            out["coco"] = self.coco
+        if self.coco is not None:  # NaN (nothing to average) is not JSON: null, as per class
+            out["coco"] = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in self.coco.items()}
         if self.per_class:
             out["per_class"] = self.per_class
         return out
