@@ -285,3 +285,25 @@ def test_qat_callback_calibrates_on_the_exporters_images_and_keeps_ranges_frozen
     assert is_qat(module.model) and module.teacher is not None
     want = _ranges(expected)
     assert seen[0] == seen[-1] == want
+
+
+def test_cli_trains_a_three_class_model_at_a_size_st_does_not_ship_and_evaluates_it_per_class(tmp_path):
+    from ssd_mnv1 import load_model
+    from ssd_mnv1.evaluate import main as evaluate_main
+    from ssd_mnv1.training import write_synthetic_dataset
+
+    classes = ["person", "sign", "crate"]
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, classes, 6, seed=0, size=192, progress=False)
+    result = _cli("fit", "--config", CONFIGS / "base.yaml", "--config", CONFIGS / "custom.yaml",
+                  "--model.input_size", 160, "--data.class_names", "[person, sign, crate]", "--data.train", data,
+                  "--data.val", data, "--data.batch_size", 2, "--trainer.max_steps", 2,
+                  "--trainer.default_root_dir", tmp_path / "run", "--trainer.logger.init_args.save_dir",
+                  tmp_path / "run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    model = load_model(ckpt)
+    assert model.class_names == tuple(classes) and model.input_size == 160 and model.num_anchors == 3830
+    assert evaluate_main([str(ckpt), "--data", str(data), "--json", str(tmp_path / "e.json")]) == 0
+    per_class = __import__("json").loads((tmp_path / "e.json").read_text())["per_class"]
+    assert list(per_class) == classes

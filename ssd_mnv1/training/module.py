@@ -20,7 +20,7 @@ from torch import nn
 from ..anchors import generate_anchors
 from ..metrics import STAPEvaluator
 from ..loading import load_weights
-from ..model import build_model
+from ..model import build_model, resolve_class_names
 from ..postprocess import postprocess
 from .loss import l2_penalty, ssd_loss
 from .matcher import batch_anchor_targets
@@ -105,13 +105,13 @@ class SSDLightningModule(pl.LightningModule):
                  val_variant: Literal["st20", "st25"] = "st20", prior_probability: Optional[float] = None,
                  bn_momentum: float = 0.01, channels_last: bool = False,
                  lr_schedule: Literal["plateau", "cosine"] = "plateau"):
+        # resolved before save_hyperparameters reads them: the checkpoint stores both, and they equal
+        # the data module's class_names (Lightning refuses to log differing shared hparams)
+        class_names = list(resolve_class_names(num_classes, class_names))
+        num_classes = len(class_names)
         super().__init__()
         self.save_hyperparameters()
-        self.model = build_model(alpha=alpha, input_size=input_size, num_classes=num_classes,
-                                 class_names=class_names)
-        # what the checkpoint stores: both, whichever was given
-        self.hparams["num_classes"] = self.model.num_classes
-        self.hparams["class_names"] = list(self.model.class_names)
+        self.model = build_model(alpha=alpha, input_size=input_size, class_names=class_names)
         if not 0.0 < bn_momentum <= 1.0:
             raise ValueError(f"model.bn_momentum must be in (0, 1], got {bn_momentum}")
         for bn in self.model.modules():
