@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -53,9 +54,9 @@ def trained_like_model():
 
     from ssd_mnv1 import build_model
 
-    def make(input_size: int = 192):
+    def make(input_size: int = 192, class_names=None):
         torch.manual_seed(0)
-        model = build_model(input_size=input_size)
+        model = build_model(input_size=input_size, class_names=class_names)
         with torch.no_grad():
             for m in model.modules():
                 if isinstance(m, torch.nn.BatchNorm2d):
@@ -66,9 +67,11 @@ def trained_like_model():
     return make
 
 
-def _tiny_export(tmp_path_factory, trained_like_model, name: str, **kwargs):
-    """(model, ExportResult, root) of one real float -> int8 export of the seeded 192 model:
-    ``root/tiny.ckpt`` and ``root/calib`` (6 random JPEGs, all used for calibration)."""
+def _tiny_export(tmp_path_factory, trained_like_model, name: str, *, input_size: int = 192, class_names=None,
+                 to="tflite-int8", calib_count: int = 6, **kwargs):
+    """(model, ExportResult, root) of one real float -> int8 export of the seeded model at
+    ``input_size`` (default: 192, one class): ``root/tiny.ckpt`` and ``root/calib`` (``calib_count``
+    random JPEGs, all used for calibration)."""
     pytest.importorskip("onnx2tf")
     import numpy as np
     from PIL import Image
@@ -80,12 +83,18 @@ def _tiny_export(tmp_path_factory, trained_like_model, name: str, **kwargs):
     calib = root / "calib"
     calib.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(6):
+    for i in range(calib_count):
         Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(calib / f"{i}.jpg")
-    model = trained_like_model(192)
+    model = trained_like_model(input_size, class_names)
     ckpt = save_checkpoint(model, root / "tiny.ckpt")
-    result = export(ckpt, root / "out", "tflite-int8", calib=calib, calib_count=6, log=lambda *_: None, **kwargs)
+    result = export(ckpt, root / "out", to, calib=calib, calib_count=calib_count, log=lambda *_: None, **kwargs)
     return model, result, root
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, trained_like_model):
+    """:func:`_tiny_export` as a factory, for tests that export at other sizes or class lists."""
+    return functools.partial(_tiny_export, tmp_path_factory, trained_like_model)
 
 
 @pytest.fixture(scope="session")

@@ -19,51 +19,17 @@ CLASSES = ("a", "b", "c")
 NUM_ANCHORS = {160: 3830, 320: 15350}
 
 
-def _seeded_model(size: int, class_names=CLASSES):
-    """A seeded detector whose BatchNorms are not the identity (as after training)."""
-    from ssd_mnv1 import build_model
-
-    torch.manual_seed(0)
-    model = build_model(input_size=size, class_names=list(class_names))
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_var.uniform_(0.5, 2.0)
-                m.running_mean.uniform_(-0.2, 0.2)
-    return model.eval()
-
-
-def _export(tmp_path_factory, name: str, size: int, to, calib_count: int, **kwargs):
-    """(model, ExportResult, root) of one real export of a seeded three-class model at ``size``:
-    ``root/tiny.ckpt`` and ``root/calib`` (random JPEGs)."""
-    pytest.importorskip("onnx2tf")
-    from PIL import Image
-
-    from ssd_mnv1.checkpoint import save_checkpoint
-    from ssd_mnv1.export.pipeline import export
-
-    root = tmp_path_factory.mktemp(name)
-    calib = root / "calib"
-    calib.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(calib_count):
-        Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(calib / f"{i}.jpg")
-    model = _seeded_model(size)
-    ckpt = save_checkpoint(model, root / "tiny.ckpt")
-    result = export(ckpt, root / "out", to, calib=calib, calib_count=calib_count, log=lambda *_: None, **kwargs)
-    return model, result, root
-
-
 @pytest.fixture(scope="module")
-def export_160(tmp_path_factory):
+def export_160(tiny_export):
     """160, three classes, ``--mcu`` (static batch 1), int8 TFLite and QDQ ONNX from one calibration."""
-    return _export(tmp_path_factory, "export_160_3cls", 160, ("tflite-int8", "onnx-qdq"), 6, mcu=True)
+    return tiny_export("export_160_3cls", input_size=160, class_names=CLASSES, to=("tflite-int8", "onnx-qdq"),
+                       mcu=True)
 
 
 @pytest.fixture(scope="module")
-def export_320(tmp_path_factory):
+def export_320(tiny_export):
     """320, three classes, ST's dynamic batch, int8 TFLite from three calibration images."""
-    return _export(tmp_path_factory, "export_320_3cls", 320, "tflite-int8", 3)
+    return tiny_export("export_320_3cls", input_size=320, class_names=CLASSES, calib_count=3)
 
 
 @pytest.fixture(params=[160, 320])
@@ -139,7 +105,7 @@ def test_compat_expect_passes_against_the_checkpoint_contract(sized, capsys):
     assert rc == 0, out
 
 
-def test_compat_expect_names_wrong_classes_and_wrong_size(export_160, tmp_path, capsys):
+def test_compat_expect_names_wrong_classes_and_wrong_size(export_160, trained_like_model, tmp_path, capsys):
     """A 1-class checkpoint at the same size: the score width differs; a 3-class one at 192, whose
     normalized anchors are 160's (same levels, same sizes): only the input differs; at 320 the
     anchor count differs too."""
@@ -147,12 +113,12 @@ def test_compat_expect_names_wrong_classes_and_wrong_size(export_160, tmp_path, 
 
     _, result, _ = export_160
     path = result.files["tflite-int8"]
-    one_class = save_checkpoint(_seeded_model(160, ["person"]), tmp_path / "person.ckpt")
+    one_class = save_checkpoint(trained_like_model(160, ["person"]), tmp_path / "person.ckpt")
     rc, out = _compat([path, "--expect", one_class], capsys)
     assert rc == 1
     assert "DIFFERS: output 0 ('scores', expected scores): shape [1, 3830, 4] vs expected [1, 3830, 2]" in out
     assert "1 + 1 score columns" in out and out.count("DIFFERS:") == 1, out
-    other_size = save_checkpoint(_seeded_model(192), tmp_path / "s192.ckpt")
+    other_size = save_checkpoint(trained_like_model(192, CLASSES), tmp_path / "s192.ckpt")
     rc, out = _compat([path, "--expect", other_size], capsys)
     assert rc == 1
     assert "DIFFERS: input 0 ('serving_default_input:0'): shape [1, 160, 160, 3] vs expected [1, 192, 192, 3]" in out
