@@ -316,14 +316,14 @@ def expected_from_args(size: int, classes: str | int = 1) -> Expected:
 SCORE_QUANTIZATION = (1.0 / 256.0, -128)
 
 
-def _run_one_image(path, detail: dict) -> list[np.ndarray]:
+def _run_one_image(path) -> list[np.ndarray]:
     """The file's outputs for one probe image, batch 1 (in output order)."""
     from ssd_mnv1.runners import make_interpreter
 
     it = make_interpreter(path, builtin=True)
     inp = it.get_input_details()[0]
     it.allocate_tensors()
-    it.set_tensor(inp["index"], _probe_input(detail, 1))
+    it.set_tensor(inp["index"], _probe_input(inp, 1))
     it.invoke()
     return [it.get_tensor(d["index"]) for d in it.get_output_details()]
 
@@ -386,7 +386,7 @@ def compare_expected(path: str | os.PathLike, ours: Contract, expected: Expected
         diffs.append(f"custom/Flex ops present: {flex}")
     if len(ours.inputs) == 1 and len(ours.outputs) == 3 and ours.roles is not None and "anchors" in ours.roles:
         k = ours.roles.index("anchors")
-        got = _run_one_image(path, _input_detail(path))[k][0]
+        got = _run_one_image(path)[k][0]
         ref = generate_anchors(expected.spec).numpy()
         step = quant[k][0] if quant[k] is not None else 0.0
         if got.shape != ref.shape:
@@ -403,12 +403,6 @@ def compare_expected(path: str | os.PathLike, ours: Contract, expected: Expected
     if ours.tflm is not None:
         notes.append(f"TensorFlow Lite Micro {ours.tflm}")
     return diffs, notes
-
-
-def _input_detail(path) -> dict:
-    from ssd_mnv1.runners import make_interpreter
-
-    return make_interpreter(path, builtin=True).get_input_details()[0]
 
 
 def _report(diffs: list[str], notes: list[str]) -> None:
