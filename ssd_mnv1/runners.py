@@ -148,9 +148,16 @@ class OnnxRunner:
 
     ``int8_input`` for a uint8 input, as for TFLite: ``raw`` feeds the pixels (the device's
     path), ``st`` / ``st25`` ST's host conversions (read with the input's own scale/zero point).
+
+    A QDQ file runs as the ONNX spec defines it (each op in float between DequantizeLinear and
+    QuantizeLinear) unless ``fuse_qdq``: onnxruntime's fused int8 kernels (QLinearConv, ...) on
+    x86 CPUs without VNNI sum u8 x s8 products in saturating int16 pairs, which moved scores by
+    up to 0.39 and ST-AP by up to 0.85 on a per-channel file here (a property of the host, not
+    of the file: ``bench/int8_runtimes.py`` measures both).
     """
 
-    def __init__(self, path: str | os.PathLike, num_threads: int | None = None, int8_input: str = "raw"):
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None, int8_input: str = "raw",
+                 fuse_qdq: bool = False):
         import onnxruntime as ort
 
         if int8_input not in INT8_INPUT_MODES:
@@ -160,7 +167,10 @@ class OnnxRunner:
         opts.log_severity_level = 3
         if num_threads is not None:
             opts.intra_op_num_threads = int(num_threads)
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        # the QDQ -> int8-kernel fusion is a level-2 ("extended") graph transformation
+        disabled = [] if fuse_qdq else ["QDQSelectorActionTransformer"]
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                            disabled_optimizers=disabled)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.quantized = inp.type == "tensor(uint8)"

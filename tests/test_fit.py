@@ -287,6 +287,41 @@ def test_qat_callback_calibrates_on_the_exporters_images_and_keeps_ranges_frozen
     assert seen[0] == seen[-1] == want
 
 
+
+def test_qat_with_equalize_starts_from_the_equalized_bias_corrected_model_and_distils_from_the_original(
+        tmp_path, trained_like_model):
+    """qat.yaml's start (``equalize: true``): the student is the export's ``--equalize`` model (dead
+    channels folded, layers equalized, biases corrected on the calibration images) with its ranges
+    calibrated there; the teacher stays the original float model, the function to keep."""
+    from PIL import Image
+
+    from ssd_mnv1.quantization import calibrate, prepare_qat
+    from ssd_mnv1.quantization.calibration import as_batches, calibration_images
+    from ssd_mnv1.quantization.equalize import correct_bias, equalize
+    from ssd_mnv1.training import QuantizationAwareTraining, render_scene
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(6):
+        Image.fromarray(render_scene(7, i)[0]).save(calib / f"{i}.png")
+    module = SSDLightningModule(input_size=192, lr=1e-4, detection_loss_weight=0.0)
+    module.model = trained_like_model(192)
+    original = copy.deepcopy(module.model)
+    qat = QuantizationAwareTraining(calibration_images=str(calib), calibration_count=4, freeze_ranges=True,
+                                    distillation_weight=1.0, equalize=True, calibrate_only=True)
+    _trainer(tmp_path, max_steps=1, callbacks=[qat], enable_checkpointing=False, limit_val_batches=0
+             ).fit(module, datamodule=_tiny_data())
+    images = calibration_images(calib, 192, 4)
+    corrected = correct_bias(equalize(original)[0], as_batches(images), per_tensor=False)
+    expected = calibrate(prepare_qat(corrected), as_batches(images)).eval()
+    x = torch.cat(as_batches(images))
+    with torch.no_grad():
+        for got, want in zip(module.model.eval()(x), expected(x)):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+        for got, want in zip(module.teacher(x), original(x)):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+        assert not torch.equal(corrected(x)[0], original(x)[0])  # the correction did something
+
 def test_cli_trains_a_three_class_model_at_a_size_st_does_not_ship_and_evaluates_it_per_class(tmp_path):
     from ssd_mnv1 import load_model
     from ssd_mnv1.evaluate import main as evaluate_main

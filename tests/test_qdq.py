@@ -4,6 +4,7 @@ runner on QDQ files. A small seeded model at 192, calibrated on a few real val i
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,3 +249,56 @@ def test_qdq_carries_the_int8_tflite_scales(tflite_pair):
     assert report["input"]["qdq"] == (pytest.approx(INPUT_SCALE), INPUT_ZERO_POINT)
     assert report["input"]["tflite"] == (pytest.approx(INPUT_SCALE), INPUT_ZERO_POINT)
     assert report["softmax_output"]["qdq"] == report["softmax_output"]["tflite"] == (1 / 256, -128)
+
+
+def test_qdq_file_runs_with_onnx_semantics_unless_fused_kernels_are_asked_for(qdq, val_pixels):
+    """evaluate/predict run the QDQ graph as the ONNX spec defines it (float between DQ and Q, what
+    ORT's basic level runs), not ORT's fused int8 kernels, whose x86 non-VNNI saturation belongs to
+    the host; ``fuse_qdq=True`` gets those (ORT's full optimization)."""
+    import onnxruntime as ort
+
+    from ssd_mnv1.runners import OnnxRunner
+
+    _, path, _ = qdq
+
+    def plain(level):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = level
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        runner = OnnxRunner(path)
+        runner.session = session
+        return runner(val_pixels[:4])
+
+    spec = plain(ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    fused = plain(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    ours, ours_fused = OnnxRunner(path)(val_pixels[:4]), OnnxRunner(path, fuse_qdq=True)(val_pixels[:4])
+    assert any(not np.array_equal(spec[k], fused[k]) for k in range(2))  # two arithmetics, both reachable
+    for k in range(3):
+        np.testing.assert_array_equal(ours[k], spec[k])
+        np.testing.assert_array_equal(ours_fused[k], fused[k])
+
+
+def test_int8_runtimes_bench_scores_one_export_under_every_runtime(tiny_mcu_export, coco_person_val, tmp_path):
+    """``bench/int8_runtimes.py`` on an ``--mcu`` int8 TFLite + QDQ pair: five runtimes (three TFLite
+    kernel sets, onnxruntime as specified and fused), every pair's agreement, one JSON."""
+    import importlib.util
+    import json
+    import shutil
+
+    from ssd_mnv1.export.pipeline import export
+
+    _, result, root = tiny_mcu_export
+    folder = tmp_path / "export"
+    folder.mkdir()
+    shutil.copy(result.files["tflite-int8"], folder)
+    export(root / "tiny.ckpt", folder, ("onnx-qdq",), calib=root / "calib", calib_count=6, log=lambda *_: None)
+    bench_file = Path(__file__).resolve().parents[1] / "bench" / "int8_runtimes.py"
+    spec = importlib.util.spec_from_file_location("int8_runtimes", bench_file)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main([str(folder), "--data", str(coco_person_val), "--limit", "3",
+                       "--json", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["images"] == 3 and len(report["st_ap_20"]) == 5
+    assert len(report["agreement_above_0.5"]) == 10
+    assert all(0.0 <= a <= 1.0 for a in report["agreement_above_0.5"].values())

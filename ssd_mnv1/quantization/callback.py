@@ -38,7 +38,9 @@ class QuantizationAwareTraining(pl.Callback):
       NPU's int8; export the checkpoint with ``--per-tensor``).
     * ``equalize``: start from the equalized float model (:mod:`.equalize`: dead channels folded,
       layers equalized - exact - and, with ``calibration_images``, biases corrected for the int8
-      weights), as the exporter does for per-tensor post-training quantization.
+      weights), as the exporter does for per-tensor post-training quantization. ``qat.yaml`` turns
+      it on for per-channel weights too: equalized and bias-corrected, ST's 224 model, per
+      channel, goes from 52.95 to 53.54 ST-AP under TFLite's reference kernels (export ``--equalize``).
     * ``calibrate_only``: no training - calibrate and stop (a post-training-quantization baseline
       whose fake-quant numbers the int8 TFLite reproduces).
     Checkpoints are marked ``hyper_parameters['qat'] = True`` (and ``qat_per_tensor``) so every

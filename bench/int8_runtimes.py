@@ -1,0 +1,95 @@
+"""One int8 model, several runtimes: ST-AP of the int8 TFLite and the QDQ ONNX of the same export under
+each runtime's kernels, and how far their confident detections agree pairwise.
+
+    python bench/int8_runtimes.py EXPORT_DIR --data DIR [--limit N] [--json OUT]
+
+EXPORT_DIR holds one ``*_int8*.tflite`` and one ``*_qdq*.onnx`` written by the same
+``python -m ssd_mnv1.export MODEL --to tflite-int8 onnx-qdq [--mcu] ...``. Runtimes: LiteRT with
+XNNPACK, LiteRT's builtin kernels, TFLite's reference kernels (= TensorFlow Lite Micro bit for bit;
+``--mcu`` files only), onnxruntime running the QDQ graph as the ONNX spec defines it (float between
+DequantizeLinear/QuantizeLinear: what ``evaluate`` runs) and onnxruntime's fused int8 kernels
+(``OnnxRunner(fuse_qdq=True)``; on x86 CPUs without VNNI they saturate int16 partial sums). Agreement:
+detections scoring > 0.5 (ST-2025 post-processing, top 100) matched one to one at IoU >= 0.5, as in
+the export ledger. Prints a table, then one JSON line. Nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+class _Keep:
+    """Passes a runner's outputs on to ``evaluate`` and keeps scores and offsets for the agreement."""
+
+    def __init__(self, runner):
+        self.runner, self.name, self.input_size = runner, runner.name, runner.input_size
+        self.class_names, self.batches = None, []
+
+    def __call__(self, images):
+        outs = self.runner(images)
+        self.batches.append(outs)
+        return outs
+
+
+def _one(folder: Path, pattern: str) -> Path:
+    found = sorted(folder.glob(pattern))
+    if len(found) != 1:
+        raise SystemExit(f"error: {folder}: expected one {pattern} file, found {len(found)}")
+    return found[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("export_dir", type=Path)
+    parser.add_argument("--data", required=True, help="COCO json/folder or ST YOLO-layout folder")
+    parser.add_argument("--limit", type=int, help="only the first N images")
+    parser.add_argument("--json", help="also write the result here")
+    args = parser.parse_args(argv)
+
+    from ssd_mnv1.data import open_dataset
+    from ssd_mnv1.evaluate import evaluate, resize_all
+    from ssd_mnv1.export.pipeline import CONFIDENT_SCORE, _top_detections
+    from ssd_mnv1.export.tf_stage import quiet_tensorflow
+    from ssd_mnv1.metrics import detection_agreement
+    from ssd_mnv1.runners import OnnxRunner, TFLiteRunner
+
+    quiet_tensorflow()
+    tflite, qdq = _one(args.export_dir, "*_int8*.tflite"), _one(args.export_dir, "*_qdq*.onnx")
+    runners = {"TFLite XNNPACK": TFLiteRunner(tflite), "TFLite builtin": TFLiteRunner(tflite, builtin=True)}
+    if tflite.stem.endswith("_mcu"):
+        runners["TFLite reference (= TFLM)"] = TFLiteRunner(tflite, reference=True)
+    runners["QDQ, onnxruntime, ONNX semantics"] = OnnxRunner(qdq)
+    runners["QDQ, onnxruntime fused int8 kernels"] = OnnxRunner(qdq, fuse_qdq=True)
+    dataset = open_dataset(args.data)
+    size = next(iter(runners.values())).input_size
+    images = resize_all(dataset, size, progress=False, limit=args.limit)
+    st_ap, confident = {}, {}
+    for name, runner in runners.items():
+        kept = _Keep(runner)
+        st_ap[name] = evaluate(kept, dataset, ("st20",), images=images, limit=len(images), progress=False).st_ap["st20"]
+        outs = tuple(np.concatenate([b[k] for b in kept.batches]) for k in range(2))
+        confident[name] = _top_detections(outs, kept.batches[0][2][0], CONFIDENT_SCORE)
+        print(f"{name:40s} ST-AP {st_ap[name]:.2f}", flush=True)
+    pairs = {f"{a} | {b}": detection_agreement(confident[a], confident[b]).fraction
+             for a, b in itertools.combinations(runners, 2)}
+    print(f"\nboxes > {CONFIDENT_SCORE} agree ({len(images)} images):")
+    for pair, fraction in pairs.items():
+        print(f"  {100 * fraction:6.2f} %  {pair}")
+    summary = {"tflite": str(tflite), "qdq": str(qdq), "images": len(images), "st_ap_20": st_ap,
+               f"agreement_above_{CONFIDENT_SCORE}": pairs}
+    print(json.dumps(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
