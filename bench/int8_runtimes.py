@@ -6,9 +6,11 @@ each runtime's kernels, and how far their confident detections agree pairwise.
 EXPORT_DIR holds one ``*_int8*.tflite`` and one ``*_qdq*.onnx`` written by the same
 ``python -m ssd_mnv1.export MODEL --to tflite-int8 onnx-qdq [--mcu] ...``. Runtimes: LiteRT with
 XNNPACK, LiteRT's builtin kernels, TFLite's reference kernels (= TensorFlow Lite Micro bit for bit;
-``--mcu`` files only), onnxruntime running the QDQ graph as the ONNX spec defines it (float between
-DequantizeLinear/QuantizeLinear: what ``evaluate`` runs) and onnxruntime's fused int8 kernels
-(``OnnxRunner(fuse_qdq=True)``; on x86 CPUs without VNNI they saturate int16 partial sums). Agreement:
+``--mcu`` files only), and onnxruntime on the QDQ graph three ways: its integer kernels with
+``session.x64quantprecision`` (what ``evaluate`` runs, ``OnnxRunner``'s default), the ONNX spec's float
+definition (``qdq_arithmetic="float"``: each op in float between DequantizeLinear/QuantizeLinear) and
+onnxruntime's own defaults (integer kernels that, on x86 CPUs without VNNI, saturate int16 sums of
+u8 x s8 products). Agreement:
 detections scoring > 0.5 (ST-2025 post-processing, top 100) matched one to one at IoU >= 0.5, as in
 the export ledger. Prints a table, then one JSON line. Nothing here is timed.
 """
@@ -39,6 +41,16 @@ class _Keep:
         return outs
 
 
+def _onnxruntime_defaults(runner):
+    """``runner`` on a session with onnxruntime's default options (no ``session.x64quantprecision``)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    runner.session = ort.InferenceSession(str(runner.path), opts, providers=["CPUExecutionProvider"])
+    return runner
+
+
 def _one(folder: Path, pattern: str) -> Path:
     found = sorted(folder.glob(pattern))
     if len(found) != 1:
@@ -66,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     runners = {"TFLite XNNPACK": TFLiteRunner(tflite), "TFLite builtin": TFLiteRunner(tflite, builtin=True)}
     if tflite.stem.endswith("_mcu"):
         runners["TFLite reference (= TFLM)"] = TFLiteRunner(tflite, reference=True)
-    runners["QDQ, onnxruntime, ONNX semantics"] = OnnxRunner(qdq)
-    runners["QDQ, onnxruntime fused int8 kernels"] = OnnxRunner(qdq, fuse_qdq=True)
+    runners["QDQ, onnxruntime int8 (evaluate's)"] = OnnxRunner(qdq)
+    runners["QDQ, onnxruntime float (ONNX spec)"] = OnnxRunner(qdq, qdq_arithmetic="float")
+    runners["QDQ, onnxruntime defaults"] = _onnxruntime_defaults(OnnxRunner(qdq))
     dataset = open_dataset(args.data)
     size = next(iter(runners.values())).input_size
     images = resize_all(dataset, size, progress=False, limit=args.limit)

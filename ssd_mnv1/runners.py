@@ -142,6 +142,29 @@ def _identify_outputs(outputs: list[np.ndarray], input_size: int) -> tuple[np.nd
     return outputs[scores_i], outputs[offsets_i], outputs[anchors_i]
 
 
+#: How onnxruntime runs a QDQ file (:class:`OnnxRunner`): its integer kernels, or the spec's float.
+QDQ_ARITHMETIC = ("int8", "float")
+
+
+def onnx_session(path: str | os.PathLike, num_threads: int | None = None, qdq_arithmetic: str = "int8",
+                 optimized_model: str | os.PathLike | None = None):
+    """onnxruntime's CPU session of :class:`OnnxRunner` (``optimized_model``: also write the graph it runs)."""
+    import onnxruntime as ort
+
+    if qdq_arithmetic not in QDQ_ARITHMETIC:
+        raise ValueError(f"qdq_arithmetic must be one of {', '.join(QDQ_ARITHMETIC)}, got {qdq_arithmetic!r}")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if num_threads is not None:
+        opts.intra_op_num_threads = int(num_threads)
+    if optimized_model is not None:
+        opts.optimized_model_filepath = str(optimized_model)
+    opts.add_session_config_entry("session.x64quantprecision", "1")  # u8 x u8 where u8 x s8 saturates
+    # the QDQ -> integer-kernel fusion is a level-2 ("extended") graph transformation
+    disabled = ["QDQSelectorActionTransformer"] if qdq_arithmetic == "float" else []
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+
+
 class OnnxRunner:
     """An ONNX file through onnxruntime: NCHW (our export, ST's sample) or NHWC input, float in
     [-1, 1] (float export) or uint8 pixels (QDQ export: ``input`` -> DequantizeLinear(1/127.5, 127)).
@@ -149,28 +172,21 @@ class OnnxRunner:
     ``int8_input`` for a uint8 input, as for TFLite: ``raw`` feeds the pixels (the device's
     path), ``st`` / ``st25`` ST's host conversions (read with the input's own scale/zero point).
 
-    A QDQ file runs as the ONNX spec defines it (each op in float between DequantizeLinear and
-    QuantizeLinear) unless ``fuse_qdq``: onnxruntime's fused int8 kernels (QLinearConv, ...) on
-    x86 CPUs without VNNI sum u8 x s8 products in saturating int16 pairs, which moved scores by
-    up to 0.39 and ST-AP by up to 0.85 on a per-channel file here (a property of the host, not
-    of the file: ``bench/int8_runtimes.py`` measures both).
+    ``qdq_arithmetic`` for a QDQ file: ``int8`` (default) runs onnxruntime's fused integer kernels
+    (QLinearConv, ...), integer arithmetic as TFLite's and an NPU's, with
+    ``session.x64quantprecision`` set: on x86 CPUs without VNNI, onnxruntime's default sums u8 x s8
+    products in saturating int16 pairs, which moved scores by up to 0.39 and ST-AP by 0.85 on a
+    per-channel file here (a property of the host, not of the file); ``float`` runs the ONNX
+    spec's definition, each op in float between DequantizeLinear and QuantizeLinear
+    (``bench/int8_runtimes.py`` compares them all).
     """
 
     def __init__(self, path: str | os.PathLike, num_threads: int | None = None, int8_input: str = "raw",
-                 fuse_qdq: bool = False):
-        import onnxruntime as ort
-
+                 qdq_arithmetic: str = "int8"):
         if int8_input not in INT8_INPUT_MODES:
             raise ValueError(f"--int8-input must be one of {', '.join(INT8_INPUT_MODES)}, got {int8_input!r}")
         self.path = Path(path)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if num_threads is not None:
-            opts.intra_op_num_threads = int(num_threads)
-        # the QDQ -> int8-kernel fusion is a level-2 ("extended") graph transformation
-        disabled = [] if fuse_qdq else ["QDQSelectorActionTransformer"]
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
-                                            disabled_optimizers=disabled)
+        self.session = onnx_session(path, num_threads, qdq_arithmetic)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.quantized = inp.type == "tensor(uint8)"
