@@ -175,10 +175,9 @@ class OnnxRunner:
     ``qdq_arithmetic`` for a QDQ file: ``int8`` (default) runs onnxruntime's fused integer kernels
     (QLinearConv, ...), integer arithmetic as TFLite's and an NPU's, with
     ``session.x64quantprecision`` set: on x86 CPUs without VNNI, onnxruntime's default sums u8 x s8
-    products in saturating int16 pairs, which moved scores by up to 0.39 and ST-AP by 0.85 on a
-    per-channel file here (a property of the host, not of the file); ``float`` runs the ONNX
-    spec's definition, each op in float between DequantizeLinear and QuantizeLinear
-    (``bench/int8_runtimes.py`` compares them all).
+    products in saturating int16 pairs (ST's 224 model per channel: ST-AP 52.62 instead of 53.29, a
+    property of the host, not of the file); ``float`` runs the ONNX spec's definition, each op in
+    float between DequantizeLinear and QuantizeLinear (``bench/int8_runtimes.py`` compares them all).
     """
 
     def __init__(self, path: str | os.PathLike, num_threads: int | None = None, int8_input: str = "raw",
