@@ -10,9 +10,9 @@ XNNPACK, LiteRT's builtin kernels, TFLite's reference kernels (= TensorFlow Lite
 ``session.x64quantprecision`` (what ``evaluate`` runs, ``OnnxRunner``'s default), the ONNX spec's float
 definition (``qdq_arithmetic="float"``: each op in float between DequantizeLinear/QuantizeLinear) and
 onnxruntime's own defaults (integer kernels that, on x86 CPUs without VNNI, saturate int16 sums of
-u8 x s8 products). Agreement:
-detections scoring > 0.5 (ST-2025 post-processing, top 100) matched one to one at IoU >= 0.5, as in
-the export ledger. Prints a table, then one JSON line. Nothing here is timed.
+u8 x s8 products). Agreement: detections scoring > 0.5 (ST-2025 post-processing, top 100) matched
+one to one at IoU >= 0.5, as in the export ledger. Prints a table, then one JSON line. Nothing here
+is timed.
 """
 
 from __future__ import annotations
