@@ -63,6 +63,7 @@ from torchvision import tv_tensors  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
 from ssd_mnv1.data import open_dataset  # noqa: E402
+from ssd_mnv1.fileio import atomic_write_text  # noqa: E402
 from ssd_mnv1.training import NO_AUGMENTATION, Augmentation, DetectionDataModule, DetectionSamples  # noqa: E402
 from ssd_mnv1.training import augment as A  # noqa: E402
 
@@ -500,7 +501,7 @@ def main(argv=None) -> int:
     result = {"bench": "augment_parity", "size": args.size, "family_alpha": FAMILY_ALPHA, "row_alpha": alpha, **info,
               "seconds": round(time.time() - t0, 1), "rows": table.rows, "failed": failed, "pass": not failed}
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+        atomic_write_text(args.json, json.dumps(result, indent=1))
     print(json.dumps(result))
     return 0 if not failed else 1
 

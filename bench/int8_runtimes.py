@@ -23,22 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-class _Keep:
-    """Passes a runner's outputs on to ``evaluate`` and keeps scores and offsets for the agreement."""
-
-    def __init__(self, runner):
-        self.runner, self.name, self.input_size = runner, runner.name, runner.input_size
-        self.class_names, self.batches = None, []
-
-    def __call__(self, images):
-        outs = self.runner(images)
-        self.batches.append(outs)
-        return outs
 
 
 def _onnxruntime_defaults(runner):
@@ -68,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ssd_mnv1.data import open_dataset
     from ssd_mnv1.evaluate import evaluate, resize_all
-    from ssd_mnv1.export.pipeline import CONFIDENT_SCORE, _top_detections
+    from ssd_mnv1.fileio import atomic_write_text
+    from ssd_mnv1.export.pipeline import CONFIDENT_SCORE, _Recording, _top_detections
     from ssd_mnv1.export.tf_stage import quiet_tensorflow
     from ssd_mnv1.metrics import detection_agreement
     from ssd_mnv1.runners import OnnxRunner, TFLiteRunner
@@ -86,10 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     images = resize_all(dataset, size, progress=False, limit=args.limit)
     st_ap, confident = {}, {}
     for name, runner in runners.items():
-        kept = _Keep(runner)
-        st_ap[name] = evaluate(kept, dataset, ("st20",), images=images, limit=len(images), progress=False).st_ap["st20"]
-        outs = tuple(np.concatenate([b[k] for b in kept.batches]) for k in range(2))
-        confident[name] = _top_detections(outs, kept.batches[0][2][0], CONFIDENT_SCORE)
+        recording = _Recording(runner)
+        st_ap[name] = evaluate(recording, dataset, ("st20",), images=images, limit=len(images),
+                               progress=False).st_ap["st20"]
+        anchors = runner(images[:1])[2][0]  # each file's own anchor output, as a device decodes with
+        confident[name] = _top_detections(recording.outputs(), anchors, CONFIDENT_SCORE)
         print(f"{name:40s} ST-AP {st_ap[name]:.2f}", flush=True)
     pairs = {f"{a} | {b}": detection_agreement(confident[a], confident[b]).fraction
              for a, b in itertools.combinations(runners, 2)}
@@ -100,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                f"agreement_above_{CONFIDENT_SCORE}": pairs}
     print(json.dumps(summary))
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2))
+        atomic_write_text(args.json, json.dumps(summary, indent=2))
     return 0
 
 

@@ -27,6 +27,7 @@ import torch
 
 from ssd_mnv1.data import open_dataset
 from ssd_mnv1.evaluate import evaluate, resize_all
+from ssd_mnv1.fileio import atomic_write_text
 from ssd_mnv1.runners import TFLiteRunner
 from ssd_mnv1.tflm import TFLMRunner
 
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{key}: {result[key]}")
     line = json.dumps(result)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     print(line)
     return 0
 
