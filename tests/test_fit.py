@@ -6,6 +6,7 @@ Everything runs on the CPU with procedurally generated images (no download, no .
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import subprocess
@@ -253,17 +254,24 @@ def test_two_process_ddp_trains_and_matches_single_process_validation(tmp_path):
     assert aps[1] == aps[2] > 0
 
 
-def test_qat_callback_calibrates_on_the_exporters_images_and_keeps_ranges_frozen(tmp_path):
+def _scene_folder(folder: Path, count: int = 6) -> Path:
+    """``count`` generated person scenes as PNGs: a calibration-images folder."""
     from PIL import Image
 
+    from ssd_mnv1.training import render_scene
+
+    folder.mkdir()
+    for i in range(count):
+        Image.fromarray(render_scene(7, i)[0]).save(folder / f"{i}.png")
+    return folder
+
+
+def test_qat_callback_calibrates_on_the_exporters_images_and_keeps_ranges_frozen(tmp_path):
     from ssd_mnv1.quantization import ActivationQuantizer, calibrate, is_qat, prepare_qat
     from ssd_mnv1.quantization.calibration import calibration_images
-    from ssd_mnv1.training import QuantizationAwareTraining, render_scene
+    from ssd_mnv1.training import QuantizationAwareTraining
 
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    for i in range(6):
-        Image.fromarray(render_scene(7, i)[0]).save(calib / f"{i}.png")
+    calib = _scene_folder(tmp_path / "calib")
     pl.seed_everything(0)
     module = SSDLightningModule(input_size=192, lr=1e-4, detection_loss_weight=0.0)
     images = torch.from_numpy(np.concatenate(calibration_images(calib, 192, 4))).permute(0, 3, 1, 2)
@@ -287,23 +295,17 @@ def test_qat_callback_calibrates_on_the_exporters_images_and_keeps_ranges_frozen
     assert seen[0] == seen[-1] == want
 
 
-
 def test_qat_with_equalize_starts_from_the_equalized_bias_corrected_model_and_distils_from_the_original(
         tmp_path, trained_like_model):
     """qat.yaml's start (``equalize: true``): the student is the export's ``--equalize`` model (dead
     channels folded, layers equalized, biases corrected on the calibration images) with its ranges
     calibrated there; the teacher stays the original float model, the function to keep."""
-    from PIL import Image
-
     from ssd_mnv1.quantization import calibrate, prepare_qat
     from ssd_mnv1.quantization.calibration import as_batches, calibration_images
     from ssd_mnv1.quantization.equalize import correct_bias, equalize
-    from ssd_mnv1.training import QuantizationAwareTraining, render_scene
+    from ssd_mnv1.training import QuantizationAwareTraining
 
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    for i in range(6):
-        Image.fromarray(render_scene(7, i)[0]).save(calib / f"{i}.png")
+    calib = _scene_folder(tmp_path / "calib")
     module = SSDLightningModule(input_size=192, lr=1e-4, detection_loss_weight=0.0)
     module.model = trained_like_model(192)
     original = copy.deepcopy(module.model)
@@ -321,6 +323,7 @@ def test_qat_with_equalize_starts_from_the_equalized_bias_corrected_model_and_di
         for got, want in zip(module.teacher(x), original(x)):
             torch.testing.assert_close(got, want, rtol=0, atol=0)
         assert not torch.equal(corrected(x)[0], original(x)[0])  # the correction did something
+
 
 def test_cli_trains_a_three_class_model_at_a_size_st_does_not_ship_and_evaluates_it_per_class(tmp_path):
     from ssd_mnv1 import load_model
@@ -340,5 +343,5 @@ def test_cli_trains_a_three_class_model_at_a_size_st_does_not_ship_and_evaluates
     model = load_model(ckpt)
     assert model.class_names == tuple(classes) and model.input_size == 160 and model.num_anchors == 3830
     assert evaluate_main([str(ckpt), "--data", str(data), "--json", str(tmp_path / "e.json")]) == 0
-    per_class = __import__("json").loads((tmp_path / "e.json").read_text())["per_class"]
+    per_class = json.loads((tmp_path / "e.json").read_text())["per_class"]
     assert list(per_class) == classes
