@@ -37,6 +37,8 @@ def _onnxruntime_defaults(runner):
 
 
 def _one(folder: Path, pattern: str) -> Path:
+    if not folder.is_dir():
+        raise SystemExit(f"error: {folder}: no such export folder")
     found = sorted(folder.glob(pattern))
     if len(found) != 1:
         raise SystemExit(f"error: {folder}: expected one {pattern} file, found {len(found)}")
