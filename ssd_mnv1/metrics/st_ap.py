@@ -167,9 +167,29 @@ def _match_and_integrate(boxes: np.ndarray, scores: np.ndarray, det_start: np.nd
     already matched, so all (detection, GT of its image) pairs are scored at once; only "first
     detection to claim a GT" is sequential, and that is the first occurrence in visiting order.
     """
-    if len(scores) == 0:
+    _, tp = _greedy_matches(boxes, scores, det_start, det_count, gt_boxes, iou_threshold)
+    return _integrate(tp, npos)
+
+
+def _integrate(tp: np.ndarray, npos: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """All-point AP and the cumulative precision / recall of TP flags in visiting order."""
+    if len(tp) == 0:
         return 0.0, np.zeros(0), np.zeros(0)
+    acc_tp = np.cumsum(tp)
+    acc_fp = np.cumsum(1.0 - tp)
+    precision = acc_tp / (acc_tp + acc_fp)
+    if npos == 0:
+        return 0.0, precision, np.zeros(len(tp))
+    recall = acc_tp / npos
+    return _all_point_ap(precision, recall), precision, recall
+
+
+def _greedy_matches(boxes: np.ndarray, scores: np.ndarray, det_start: np.ndarray, det_count: np.ndarray,
+                    gt_boxes: np.ndarray, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The visiting order (descending score, stable) and each visited detection's TP flag (1.0/0.0)."""
     order = np.argsort(-scores, kind="stable")
+    if len(order) == 0:
+        return order, np.zeros(0)
     boxes, det_start, det_count = boxes[order], det_start[order], det_count[order]
     n = len(order)
     pair_det = np.repeat(np.arange(n), det_count)
@@ -191,18 +211,23 @@ def _match_and_integrate(boxes: np.ndarray, scores: np.ndarray, det_start: np.nd
     _, first = np.unique(best_gt[hit], return_index=True)
     tp = np.zeros(n)
     tp[hit[first]] = 1.0
-    acc_tp = np.cumsum(tp)
-    acc_fp = np.cumsum(1.0 - tp)
-    precision = acc_tp / (acc_tp + acc_fp)
-    if npos == 0:
-        return 0.0, precision, np.zeros(n)
-    recall = acc_tp / npos
-    return _all_point_ap(precision, recall), precision, recall
+    return order, tp
 
 
 # --------------------------------------------------------------------------------------------------
 # Evaluator
 # --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RankedMatches:
+    """One class's detections in ST-AP's visiting order with their TP flags, and its GT count per
+    image: enough to recompute the AP on any resample of the images (:mod:`.bootstrap`), since a
+    detection only ever matches GT of its own image."""
+
+    image_index: np.ndarray  # (D,) each detection's image, an index into STAPResult.image_ids
+    tp: np.ndarray           # (D,) 1.0 true positive, 0.0 false positive
+    gt_counts: np.ndarray    # (I,) the class's GT boxes in each image
 
 
 @dataclass
@@ -230,6 +255,8 @@ class STAPResult:
     per_class_recall: dict[int, np.ndarray] = field(default_factory=dict)
     mean_precision: float = 0.0
     mean_recall: float = 0.0
+    image_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # the images scored
+    matches: dict[int, RankedMatches] = field(default_factory=dict)  # per class with GT
 
 
 #: Flat float64 states: per image (``image_ids`` and its detection/GT row counts, or ``skipped_ids``
@@ -331,16 +358,19 @@ class STAPEvaluator(Metric):
         gt_labels = s["gt_labels"][gt_rows][keep].astype(np.int64)
 
         classes = sorted(int(c) for c in np.unique(gt_labels))
-        per_class, per_p, per_r = {}, {}, {}
+        per_class, per_p, per_r, matches = {}, {}, {}, {}
         for c in classes:
             sel = gt_labels == c
             class_gt_ids = gt_ids[sel]  # ascending: GT rows are grouped by image in id order
             m = det_labels == c
             lo = np.searchsorted(class_gt_ids, det_ids[m], side="left")
             hi = np.searchsorted(class_gt_ids, det_ids[m], side="right")
-            ap, p, r = _match_and_integrate(det_boxes[m], det_scores[m].astype(np.float64), lo, hi - lo,
-                                            gt_boxes[sel], int(sel.sum()), self.iou_threshold)
-            per_class[c], per_p[c], per_r[c] = ap, p, r
+            order, tp = _greedy_matches(det_boxes[m], det_scores[m].astype(np.float64), lo, hi - lo,
+                                        gt_boxes[sel], self.iou_threshold)
+            per_class[c], per_p[c], per_r[c] = _integrate(tp, int(sel.sum()))
+            matches[c] = RankedMatches(
+                image_index=np.searchsorted(image_ids, det_ids[m][order]), tp=tp,
+                gt_counts=np.bincount(np.searchsorted(image_ids, class_gt_ids), minlength=len(image_ids)))
         first_class = classes[0] if classes else None
         return STAPResult(
             ap=float(np.mean(list(per_class.values()))) if per_class else 0.0,
@@ -355,6 +385,7 @@ class STAPEvaluator(Metric):
             if per_p else 0.0,
             mean_recall=float(np.mean([r.mean() if r.size else 0.0 for r in per_r.values()]))
             if per_r else 0.0,
+            image_ids=image_ids, matches=matches,
         )
 
 
