@@ -325,6 +325,31 @@ def test_qat_with_equalize_starts_from_the_equalized_bias_corrected_model_and_di
         assert not torch.equal(corrected(x)[0], original(x)[0])  # the correction did something
 
 
+def test_qat_validation_logs_the_students_distillation_loss_on_the_held_out_images(tmp_path):
+    """``val_distill``: how far the QAT student is from its teacher on the validation images, equal
+    to the distillation loss of their outputs there."""
+    from ssd_mnv1.quantization import distillation_loss
+    from ssd_mnv1.training import QuantizationAwareTraining
+
+    pl.seed_everything(0)
+    module = SSDLightningModule(input_size=192, lr=1e-4, detection_loss_weight=0.0)
+    qat = QuantizationAwareTraining(distillation_weight=1.0, calibration_batches=1)
+    data = _tiny_data(val=4, batch=4)
+    trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=1, callbacks=[qat], enable_checkpointing=False)
+    trainer.fit(module, datamodule=data)
+    logged = float(trainer.callback_metrics["val_distill"])
+    images = next(iter(data.val_dataloader()))["images"]
+    with torch.no_grad():
+        module.eval()
+        want = distillation_loss(*module.model.forward_logits(images), *module.teacher.forward_logits(images))
+    assert logged > 0 and logged == pytest.approx(float(want), rel=1e-4)
+
+    plain = SSDLightningModule(input_size=192, lr=1e-4)
+    trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=1, enable_checkpointing=False)
+    trainer.fit(plain, datamodule=_tiny_data(val=4, batch=4))
+    assert "val_loss" in trainer.callback_metrics and "val_distill" not in trainer.callback_metrics  # no teacher, nothing to log
+
+
 def test_cli_trains_a_three_class_model_at_a_size_st_does_not_ship_and_evaluates_it_per_class(tmp_path):
     from ssd_mnv1 import load_model
     from ssd_mnv1.evaluate import main as evaluate_main

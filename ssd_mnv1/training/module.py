@@ -170,15 +170,20 @@ class SSDLightningModule(pl.LightningModule):
         parts = {"detection": out.total, "classification": out.classification, "box": out.localization,
                  "reg": reg, "num_positives": torch.tensor(out.num_positives)}
         if self.teacher is not None and self.distillation_weight > 0:
-            from ..quantization import distillation_loss
-
-            self.teacher.eval()  # Lightning's train() reaches it too; its BN statistics stay frozen
-            with torch.no_grad():
-                t_logits, t_offsets = self.teacher.forward_logits(images)
-            distill = distillation_loss(logits.float(), offsets.float(), t_logits.float(), t_offsets.float())
+            distill = self._distillation(images, logits, offsets)
             loss = loss + self.distillation_weight * distill
             parts["distill"] = distill
         return loss, parts
+
+    def _distillation(self, images: torch.Tensor, logits: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """The QAT teacher's distillation loss (:func:`~ssd_mnv1.quantization.distillation_loss`) of
+        the student's ``logits`` / ``offsets`` on ``images``."""
+        from ..quantization import distillation_loss
+
+        self.teacher.eval()  # Lightning's train() reaches it too; its BN statistics stay frozen
+        with torch.no_grad():
+            t_logits, t_offsets = self.teacher.forward_logits(images)
+        return distillation_loss(logits.float(), offsets.float(), t_logits.float(), t_offsets.float())
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, parts = self.training_loss(batch)
@@ -205,10 +210,17 @@ class SSDLightningModule(pl.LightningModule):
         self.val_metric.reset()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        scores, offsets, anchors = self.model(self._images(batch))
+        images = self._images(batch)
+        scores, offsets, anchors = self.model(images)
         labels, target_offsets = self.targets(batch)
         out = self._loss(scores.float(), offsets.float(), labels, target_offsets)
         self.log("val_loss", out.total, prog_bar=True, sync_dist=True, batch_size=scores.shape[0])
+        if self.teacher is not None and self.distillation_weight > 0:
+            # QAT: how far the student is from its teacher on images it does not train on (labels
+            # play no part, so a held-out slice of the training images can choose a QAT recipe)
+            with torch.no_grad():
+                distill = self._distillation(images, *self.model.forward_logits(images))
+            self.log("val_distill", distill, sync_dist=True, batch_size=scores.shape[0])
         self.update_st_ap(self.val_metric, batch, scores, offsets, anchors)
 
     def update_st_ap(self, metric: STAPEvaluator, batch: dict, scores, offsets, anchors) -> None:
