@@ -4,7 +4,8 @@ with paired bootstrap intervals over the images (:mod:`ssd_mnv1.metrics.bootstra
     python bench/paired_ap.py MODEL[@KERNELS] MODEL[@KERNELS] ... --data DIR [--limit N]
                               [--samples 2000] [--confidence 0.95] [--seed 0] [--json OUT]
 
-MODEL is anything ``evaluate`` takes (.ckpt, .h5, .onnx, .tflite), all of one input size. ``@KERNELS`` picks a runtime: for a .tflite ``xnnpack`` (default), ``builtin`` or
+MODEL is anything ``evaluate`` takes (.ckpt, .h5, .onnx, .tflite), all of one input size.
+``@KERNELS`` picks a runtime: for a .tflite ``xnnpack`` (default), ``builtin`` or
 ``reference`` (= TensorFlow Lite Micro, ``--mcu`` files); for a QDQ .onnx ``int8`` (default,
 onnxruntime's integer kernels, as ``evaluate``) or ``float`` (the ONNX spec's float definition).
 The same file may appear with several runtimes. Every model scores the same decoded images, so a
