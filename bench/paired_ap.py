@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     runners = [_open(spec, threads) for spec in args.models]
     names = [label for label, _ in runners]
-    # two files of one name (exports of two runs): label them by the paths given
-    runners = [((str(Path(spec.partition("@")[0]).parent / label) if names.count(label) > 1 and
-                 args.models.count(spec) == 1 else label), runner) for spec, (label, runner) in zip(args.models, runners)]
+    for k, (spec, (label, runner)) in enumerate(zip(args.models, runners)):
+        if names.count(label) > 1 and args.models.count(spec) == 1:  # one name, two runs' exports
+            runners[k] = (str(Path(spec.partition("@")[0]).parent / label), runner)
     sizes = {runner.input_size for _, runner in runners}
     if len(sizes) != 1:
         raise SystemExit(f"error: the models take different input sizes {sorted(sizes)}; compare one size at a time")
