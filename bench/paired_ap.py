@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def _open(spec: str, threads: int):
     """(label, runner) of ``MODEL[@KERNELS]``."""
-    from ssd_mnv1.runners import EVAL_TORCH_OPTIONS, QDQ_ARITHMETIC, TFLITE_KERNELS, OnnxRunner, open_runner
+    from ssd_mnv1.runners import EVAL_TORCH_OPTIONS, QDQ_ARITHMETIC, TFLITE_KERNELS, open_runner
 
     path, _, kernels = spec.partition("@")
     suffix = Path(path).suffix.lower()
@@ -41,7 +41,7 @@ def _open(spec: str, threads: int):
         kernels = kernels or "int8"
         if kernels not in QDQ_ARITHMETIC:
             raise SystemExit(f"error: {spec}: an .onnx runs with @{', @'.join(QDQ_ARITHMETIC)}, not @{kernels}")
-        return f"{Path(path).name}@{kernels}", OnnxRunner(path, num_threads=threads, qdq_arithmetic=kernels)
+        return f"{Path(path).name}@{kernels}", open_runner(path, num_threads=threads, qdq_arithmetic=kernels)
     if kernels:
         raise SystemExit(f"error: {spec}: @{kernels} applies to .tflite and .onnx files only")
     return Path(path).name, open_runner(path, num_threads=threads, **EVAL_TORCH_OPTIONS)

@@ -74,8 +74,11 @@ class SSDMobileNetV1(nn.Module):
         return self.head(self.neck(self.backbone(self.input_quant(x))))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, offsets = self.forward_logits(x)
-        anchors = self.anchors.unsqueeze(0).expand(x.shape[0], -1, -1)
+        return self.outputs(*self.forward_logits(x))
+
+    def outputs(self, logits: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward`'s ``(scores, offsets, anchors)`` from :meth:`forward_logits`' output."""
+        anchors = self.anchors.unsqueeze(0).expand(logits.shape[0], -1, -1)
         return self.scores_quant(logits.softmax(dim=-1)), offsets, anchors
 
 

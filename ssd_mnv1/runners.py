@@ -356,10 +356,11 @@ class KerasRunner:
 
 def open_runner(path: str | os.PathLike, *, int8_input: str = "raw", h5_backend: str = "pytorch",
                 device: str = "cpu", num_threads: int | None = None, tflite_kernels: str = "xnnpack",
-                runtime: str = "litert", fold_batchnorm: bool = False) -> Runner:
+                runtime: str = "litert", fold_batchnorm: bool = False, qdq_arithmetic: str = "int8") -> Runner:
     """The one runner factory: any model file the project accepts (:data:`ssd_mnv1.loading.MODEL_SUFFIXES`).
 
-    ``tflite_kernels``: see :data:`TFLITE_KERNELS` (they differ by about 1 LSB). ``runtime``:
+    ``tflite_kernels``: see :data:`TFLITE_KERNELS` (they differ by about 1 LSB); ``qdq_arithmetic``
+    (an ``.onnx``): see :data:`QDQ_ARITHMETIC` and :class:`OnnxRunner`. ``runtime``:
     ``litert`` or ``tflm`` (TensorFlow Lite Micro, the ``mcu`` extra; a ``.tflite`` exported with ``--mcu``).
     ``fold_batchnorm``: a PyTorch model (``.ckpt``, ``.h5``) runs with its BatchNorms folded into
     its convs (:class:`TorchRunner`); ``ssd_mnv1.evaluate`` asks for it, as :data:`EVAL_TORCH_OPTIONS`.
@@ -383,7 +384,7 @@ def open_runner(path: str | os.PathLike, *, int8_input: str = "raw", h5_backend:
                            fold_batchnorm=fold_batchnorm)
     if kind == "onnx":
         try:
-            return OnnxRunner(path, num_threads=num_threads, int8_input=int8_input)
+            return OnnxRunner(path, num_threads=num_threads, int8_input=int8_input, qdq_arithmetic=qdq_arithmetic)
         except ImportError:
             raise ValueError(f"{path}: running .onnx files needs onnxruntime; "
                              "install the export extra: pip install -e '.[export]'") from None

@@ -38,6 +38,21 @@ def reference_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def bench_script():
+    """``bench_script("int8_runtimes")``: a script of ``bench/`` imported as a module (its ``main``)."""
+    import importlib.util
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def coco_person_val() -> Path:
     """The shared COCO-person val subset (690 images); skips the test when it is absent."""
     root = SHARED / "data" / "coco2017_person_val"

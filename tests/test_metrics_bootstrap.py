@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ssd_mnv1.metrics import STAPEvaluator
-from ssd_mnv1.metrics.bootstrap import image_weights, paired_bootstrap, resampled_ap
+from ssd_mnv1.metrics.bootstrap import bootstrap_comparison, image_weights, resampled_ap
 from ssd_mnv1.postprocess import Detections
 
 
@@ -55,36 +55,28 @@ def test_paired_interval_of_a_model_with_itself_is_zero_and_a_worse_model_is_res
     worse = [(gt, gl, boxes, np.where(rng.random(len(s)) < 0.5, rng.random(len(s)), s).astype(np.float32), lab)
              for gt, gl, boxes, s, lab in scenes]  # half the scores replaced by noise
     a, b = _evaluate(scenes), _evaluate(worse)
-    own, same_again, none = paired_bootstrap(a, a, samples=200)
+    same = bootstrap_comparison([a, a], samples=200)
+    own, same_again, none = same.interval(0), same.interval(1), same.difference(0, 1)
     assert none.low == none.high == 0.0
     assert own == same_again and own.low < own.value < own.high  # one model's AP does vary over resamples
-    ap_a, ap_b, diff = paired_bootstrap(a, b, samples=200)
+    cmp = bootstrap_comparison([a, b], samples=200)
+    ap_a, diff = cmp.interval(0), cmp.difference(0, 1)
     assert diff.value == pytest.approx(100 * (a.ap - b.ap), abs=1e-3)
     assert 0.0 < diff.low < diff.value < diff.high
     assert diff.high - diff.low < ap_a.high - ap_a.low  # pairing: the difference is known better than an AP
 
 
-def test_paired_bootstrap_refuses_results_over_different_images():
+def test_bootstrap_comparison_refuses_results_over_different_images():
     rng = np.random.default_rng(0)
     scenes = [_scene(rng, 2, 5) for _ in range(6)]
     with pytest.raises(ValueError, match="different images"):
-        paired_bootstrap(_evaluate(scenes), _evaluate(scenes[:5]))
+        bootstrap_comparison([_evaluate(scenes), _evaluate(scenes[:5])])
     with pytest.raises(ValueError, match="confidence"):
-        paired_bootstrap(_evaluate(scenes), _evaluate(scenes), confidence=95)
+        bootstrap_comparison([_evaluate(scenes), _evaluate(scenes)], confidence=95)
 
 
-def _bench():
-    import importlib.util
-    from pathlib import Path
-
-    bench_file = Path(__file__).resolve().parents[1] / "bench" / "paired_ap.py"
-    spec = importlib.util.spec_from_file_location("paired_ap", bench_file)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
-def test_paired_ap_bench_gives_every_pairwise_difference_with_an_interval(reference_dir, coco_person_val, tmp_path):
+def test_paired_ap_bench_gives_every_pairwise_difference_with_an_interval(reference_dir, coco_person_val, tmp_path,
+                                                                          bench_script):
     """``bench/paired_ap.py`` on ST's 192 float model (twice: a difference that is exactly 0) and its
     int8 file under two kernel sets, on real images."""
     import json
@@ -93,9 +85,9 @@ def test_paired_ap_bench_gives_every_pairwise_difference_with_an_interval(refere
 
     files = st_files(reference_dir, 192, must_exist=True)
     out = tmp_path / "paired.json"
-    assert _bench().main([str(files.h5), str(files.h5), str(files.int8_tflite), f"{files.int8_tflite}@builtin",
-                          "--data", str(coco_person_val), "--limit", "40", "--samples", "300",
-                          "--json", str(out)]) == 0
+    assert bench_script("paired_ap").main([str(files.h5), str(files.h5), str(files.int8_tflite),
+                                           f"{files.int8_tflite}@builtin", "--data", str(coco_person_val),
+                                           "--limit", "40", "--samples", "300", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["images"] == 40 and len(report["models"]) == 4 and len(report["differences"]) == 6
     models = {m["model"]: m for m in report["models"]}
@@ -111,9 +103,9 @@ def test_paired_ap_bench_gives_every_pairwise_difference_with_an_interval(refere
 @pytest.mark.parametrize("spec, message", [("model.tflite@fp16", "@xnnpack, @builtin, @reference"),
                                            ("model.h5@builtin", "applies to .tflite and .onnx"),
                                            ("missing.tflite", "no such model file")])
-def test_paired_ap_bench_names_a_bad_model_spec(spec, message, tmp_path, coco_person_val):
+def test_paired_ap_bench_names_a_bad_model_spec(spec, message, tmp_path, coco_person_val, bench_script):
     name = spec.partition("@")[0]
     if not name.startswith("missing"):
         (tmp_path / name).write_bytes(b"x")
     with pytest.raises(SystemExit, match=message):
-        _bench().main([str(tmp_path / spec), str(tmp_path / spec), "--data", str(coco_person_val)])
+        bench_script("paired_ap").main([str(tmp_path / spec), str(tmp_path / spec), "--data", str(coco_person_val)])

@@ -4,7 +4,6 @@ runner on QDQ files. A small seeded model at 192, calibrated on a few real val i
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -272,11 +271,11 @@ def test_qdq_file_runs_on_integer_kernels_without_int16_saturation_or_as_the_spe
         OnnxRunner(path, qdq_arithmetic="fp16")
 
 
-def test_int8_runtimes_bench_scores_one_export_under_every_runtime(tiny_mcu_export, coco_person_val, tmp_path):
+def test_int8_runtimes_bench_scores_one_export_under_every_runtime(tiny_mcu_export, coco_person_val, tmp_path,
+                                                                   bench_script):
     """``bench/int8_runtimes.py`` on an ``--mcu`` int8 TFLite + QDQ pair: six runtimes (three TFLite
     kernel sets; onnxruntime's integer kernels, the spec's float, onnxruntime's defaults), every
     pair's agreement, one JSON."""
-    import importlib.util
     import json
     import shutil
 
@@ -287,12 +286,8 @@ def test_int8_runtimes_bench_scores_one_export_under_every_runtime(tiny_mcu_expo
     folder.mkdir()
     shutil.copy(result.files["tflite-int8"], folder)
     export(root / "tiny.ckpt", folder, ("onnx-qdq",), calib=root / "calib", calib_count=6, log=lambda *_: None)
-    bench_file = Path(__file__).resolve().parents[1] / "bench" / "int8_runtimes.py"
-    spec = importlib.util.spec_from_file_location("int8_runtimes", bench_file)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    assert bench.main([str(folder), "--data", str(coco_person_val), "--limit", "3",
-                       "--json", str(tmp_path / "r.json")]) == 0
+    assert bench_script("int8_runtimes").main([str(folder), "--data", str(coco_person_val), "--limit", "3",
+                                            "--json", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["images"] == 3 and len(report["st_ap_20"]) == 6
     assert len(report["agreement_above_0.5"]) == 15

@@ -117,9 +117,3 @@ def bootstrap_comparison(results: list[STAPResult], samples: int = BOOTSTRAP_SAM
     return BootstrapComparison([r.ap for r in results], np.stack([resampled_ap(r, weights) for r in results]),
                                confidence)
 
-
-def paired_bootstrap(a: STAPResult, b: STAPResult, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
-                     confidence: float = 0.95) -> tuple[Interval, Interval, Interval]:
-    """ST-AP of ``a``, of ``b`` and of ``a - b``, with percentile intervals over shared resamples."""
-    cmp = bootstrap_comparison([a, b], samples, seed, confidence)
-    return cmp.interval(0), cmp.interval(1), cmp.difference(0, 1)

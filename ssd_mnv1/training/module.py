@@ -211,16 +211,15 @@ class SSDLightningModule(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         images = self._images(batch)
-        scores, offsets, anchors = self.model(images)
+        logits, offsets = self.model.forward_logits(images)
+        scores, offsets, anchors = self.model.outputs(logits, offsets)
         labels, target_offsets = self.targets(batch)
         out = self._loss(scores.float(), offsets.float(), labels, target_offsets)
         self.log("val_loss", out.total, prog_bar=True, sync_dist=True, batch_size=scores.shape[0])
         if self.teacher is not None and self.distillation_weight > 0:
-            # QAT: how far the student is from its teacher on images it does not train on (labels
-            # play no part, so a held-out slice of the training images can choose a QAT recipe)
-            with torch.no_grad():
-                distill = self._distillation(images, *self.model.forward_logits(images))
-            self.log("val_distill", distill, sync_dist=True, batch_size=scores.shape[0])
+            # QAT: how far the student is from its teacher on images it does not train on (no labels)
+            self.log("val_distill", self._distillation(images, logits, offsets), sync_dist=True,
+                     batch_size=scores.shape[0])
         self.update_st_ap(self.val_metric, batch, scores, offsets, anchors)
 
     def update_st_ap(self, metric: STAPEvaluator, batch: dict, scores, offsets, anchors) -> None:
