@@ -27,7 +27,10 @@ channels-last memory format; TFLite stays on the CPU.
 
 The last line printed is one JSON object with the end-to-end figures: ``torch_images_per_s``,
 ``tflite_images_per_s``, ``ratio_torch_over_tflite``, and ``torch_<variant>_images_per_s`` for the
-extra PyTorch columns (``unfolded``, ``bf16``, ``channels_last``).
+extra PyTorch columns (``unfolded``, ``bf16``, ``channels_last``), and evaluation's overhead per
+model as a share of its forward time: ``<m>_postprocess_metric_share_of_forward`` (pre-resized
+minus forward) and ``<m>_overhead_share_of_forward_end_to_end`` (decode + resize + post-processing
++ metric; decoding partly overlaps the model in the loader workers).
 """
 
 from __future__ import annotations
@@ -214,6 +217,18 @@ def main() -> None:
                "tflite_images_per_s": round(t["e2e"], 1),
                "ratio_torch_over_tflite": round(best["pytorch"]["e2e"] / t["e2e"], 3)}
     summary |= {f"torch_{key}_images_per_s": round(best[f"pytorch {key}"]["e2e"], 1) for key in torch_columns if key}
+    # evaluation's own cost per image against the model's forward: post-processing + metric (pre-resized
+    # minus forward) and, end to end, JPEG decode + resize on top (not all of it: decoding overlaps in workers)
+    for name, key in (("pytorch", "torch"), ("tflite", "tflite")):
+        forward = 1.0 / best[name]["model"]
+        post = 1.0 / best[name]["pre"] - forward
+        whole = 1.0 / best[name]["e2e"] - forward
+        print(f"{name}: forward {forward * 1000:.2f} ms/image; post-processing + metric {post * 1000:.2f} ms "
+              f"({post / forward:.0%} of the forward); everything but the forward, end to end "
+              f"{whole * 1000:.2f} ms ({whole / forward:.0%})")
+        summary[f"{key}_forward_ms"] = round(forward * 1000, 3)
+        summary[f"{key}_postprocess_metric_share_of_forward"] = round(post / forward, 3)
+        summary[f"{key}_overhead_share_of_forward_end_to_end"] = round(whole / forward, 3)
     print(json.dumps(summary))
 
 

@@ -9,6 +9,7 @@ other at every op: on a 2-CPU machine 2 threads + 2 workers made a training step
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -94,3 +95,25 @@ def plan_cpus(workers: int | None = None, threads: int | None = None, *, acceler
     if workers < 0 or threads < 1:
         raise ValueError(f"need workers >= 0 and threads >= 1, got workers={workers}, threads={threads}")
     return CPUPlan(cpus, int(workers), int(threads))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch intra-op threads, then restore the count.
+
+    For per-image work in the training process (augmenting with no loader workers): its ops are
+    too small for a second thread to pay, and when another process holds a core the threads of a
+    tiny op wait for each other (14x slower per image, measured). The ops are element-wise or
+    per-output, so the pixels do not depend on the thread count.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if before == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -91,8 +91,10 @@ class SSDLightningCLI(LightningCLI):
     folder that does not change between runs (the best checkpoints go to the logger's versioned
     folder), so ``--ckpt_path last`` finds it when resuming. Its options are ``--last_checkpoint.*``
     (e.g. ``every_n_train_steps`` for long epochs). It is left out when checkpointing is off or a
-    config's own callbacks already write ``last.ckpt``. On the CPU, :class:`AdaptiveThreads` is added
-    too unless ``data.torch_threads`` fixes the thread count; a fit writes ``learning_curves.png``
+    config's own callbacks already write ``last.ckpt``. The torch thread count is decided once, before
+    the first step, from the CPU plan (``data.torch_threads`` overrides it) and never changes, so a
+    seeded run gives the same numbers whatever the machine's load; ``--adaptive_threads true`` adds
+    :class:`AdaptiveThreads` (speed over reproducibility). A fit writes ``learning_curves.png``
     into the run folder (:class:`LearningCurves`); when stdout is not a terminal the progress bar
     prints plain lines (:class:`LogProgressBar`); ``--tensorboard true`` adds a TensorBoard logger.
     """
@@ -108,6 +110,10 @@ class SSDLightningCLI(LightningCLI):
         parser.link_arguments("trainer.default_root_dir", "last_checkpoint.dirpath", compute_fn=_checkpoint_dir)
         parser.add_argument("--tensorboard", type=bool, default=False,
                             help="also log to TensorBoard, in <run folder>/tensorboard")
+        parser.add_argument("--adaptive_threads", type=bool, default=False,
+                            help="on the CPU, re-time the torch thread count during training and keep the "
+                                 "fastest (faster on a machine whose load changes; the result then depends "
+                                 "on that load: float rounding changes with the thread count)")
 
     def _subconfig(self, config):
         return config[self.subcommand] if self.subcommand else config
@@ -127,9 +133,10 @@ class SSDLightningCLI(LightningCLI):
         added = []
         if trainer.get("enable_checkpointing") is not False and not any(map(_writes_last, callbacks)):
             added.append(config["last_checkpoint"])
-        if self._subconfig(self.config).get("data", {}).get("torch_threads") is None and not any(
+        data = self._subconfig(self.config).get("data", {})
+        if self._subconfig(self.config).get("adaptive_threads") and data.get("torch_threads") is None and not any(
                 isinstance(cb, AdaptiveThreads) for cb in callbacks):
-            added.append(AdaptiveThreads())  # acts on the CPU accelerator only
+            added.append(AdaptiveThreads())  # acts on the CPU accelerator only; not reproducible
         if self.subcommand == "fit" and not any(isinstance(cb, LearningCurves) for cb in callbacks):
             added.append(LearningCurves())
         if (trainer.get("enable_progress_bar") is not False and not is_terminal(sys.stdout)

@@ -146,7 +146,7 @@ def test_cli_config_errors_are_one_clear_message_without_traceback(tmp_path, arg
 
 def test_unknown_key_in_a_config_file_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(QUICKSTART.read_text().replace("  lr: 0.003", "  lr: 0.003\n  lrate: 0.1"))
+    bad.write_text(QUICKSTART.read_text().replace("  lr: 0.006", "  lrate: 0.1\n  lr: 0.006"))
     result = _cli("fit", "--config", bad, cwd=tmp_path, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "lrate" in result.stderr

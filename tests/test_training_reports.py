@@ -165,3 +165,19 @@ def test_fit_that_ends_at_max_steps_gives_no_warning(tmp_path, capsys):
                          enable_model_summary=False, enable_progress_bar=False, callbacks=[FitReport(before=False)])
     trainer.fit(SSDLightningModule(input_size=192), datamodule=data)
     assert "STOPPED EARLY" not in capsys.readouterr().out
+
+
+def test_learning_curves_redraw_at_most_once_per_interval_and_always_when_the_fit_ends(tmp_path, monkeypatch):
+    from ssd_mnv1.training import callbacks
+
+    drawn = []
+    monkeypatch.setattr(callbacks, "save_learning_curves", lambda history, path, **_: drawn.append(len(history)))
+    curves = LearningCurves(dirpath=str(tmp_path), min_interval=3600.0)
+    trainer = SimpleNamespace(is_global_zero=True)
+    curves.history = {0: {"train_loss": 2.0}}
+    curves._write(trainer)
+    curves.history = {0: {"train_loss": 2.0}, 1: {"train_loss": 1.5}}
+    curves._write(trainer)  # within the interval: not drawn
+    assert drawn == [1]
+    curves.on_fit_end(trainer, None)
+    assert drawn == [1, 2]

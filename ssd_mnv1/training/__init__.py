@@ -7,10 +7,11 @@ from .data import DetectionCollate, DetectionDataModule, DetectionSamples
 from .loss import hard_negative_mining_loss, softmax_focal_loss, ssd_loss
 from .matcher import anchor_targets, batch_anchor_targets, match_anchors
 from .module import NonFiniteLossError, SSDLightningModule
+from .profile import StepProfile
 from .synthetic import SyntheticPersons, render_objects, render_scene, write_synthetic_dataset
 
 __all__ = ["NO_AUGMENTATION", "Augmentation", "DetectionCollate", "DetectionDataModule", "DetectionSamples",
            "FitReport", "LearningCurves", "LogProgressBar", "NonFiniteLossError", "QuantizationAwareTraining",
-           "SSDLightningModule", "SyntheticPersons", "anchor_targets", "batch_anchor_targets", "build_transforms",
+           "SSDLightningModule", "StepProfile", "SyntheticPersons", "anchor_targets", "batch_anchor_targets", "build_transforms",
            "hard_negative_mining_loss", "match_anchors", "render_objects", "render_scene", "save_learning_curves",
            "softmax_focal_loss", "ssd_loss", "write_synthetic_dataset"]

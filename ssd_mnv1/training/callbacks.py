@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -15,7 +16,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, Timer
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 
-from ..fileio import atomic_path
+from ..fileio import atomic_path, atomic_write_text
 
 
 def stopped_by_time(trainer: pl.Trainer) -> str | None:
@@ -38,7 +39,8 @@ class FitReport(pl.Callback):
     """Measure validation ST-AP before training and after it, and print where the weights went.
 
     The "before" figure is what fine-tuning starts from (or ~0 from scratch); "after" is measured
-    on the final weights. Both use the full validation set in the main process.
+    on the final weights. Both use the full validation set in the main process. The same figures
+    go to ``<default_root_dir>/fit_report.json`` (written atomically), which scripts and CI read.
     """
 
     def __init__(self, before: bool = True):
@@ -78,6 +80,12 @@ class FitReport(pl.Callback):
             if cb.last_model_path:
                 lines.append(f"last checkpoint: {cb.last_model_path}")
         print("\n".join(lines), flush=True)
+        report = {"st_ap_before": self.st_ap_before, "st_ap_after": self.st_ap_after,
+                  "metric": f"ST-AP {pl_module.hparams.val_variant}, IoU 0.4", "steps": trainer.global_step,
+                  "epochs": trainer.current_epoch, "minutes": round(minutes, 2), "stopped_by_time": bool(cut),
+                  "torch_threads": torch.get_num_threads()}
+        atomic_write_text(Path(trainer.default_root_dir or ".") / "fit_report.json",
+                          json.dumps(report, indent=1) + "\n")
 
 
 # ------------------------------------------------------------------------------ learning curves
@@ -196,16 +204,18 @@ class LearningCurves(pl.Callback):
     The train loss is the batch-size weighted mean of the epoch's step losses (the module logs
     ``train_loss`` per step only), over all ranks; ``loss`` and ``metric`` are read from
     ``trainer.callback_metrics`` when a fit's validation ends (the sanity check is skipped). The
-    PNG is rewritten (atomically, by global rank 0) after every validation, and at an epoch's end
-    when there was none; the folder is ``dirpath``, else :func:`run_folder` (the logger's
+    PNG is rewritten (atomically, by global rank 0) after a validation, or at an epoch's end when
+    there was none, at most once per ``min_interval`` seconds (drawing costs ~0.3 s: with epochs of
+    a few steps it would slow training), and always when the fit ends; the folder is ``dirpath``, else :func:`run_folder` (the logger's
     ``log_dir``, else ``trainer.default_root_dir``). The history travels in checkpoints, so a
     resumed fit goes on drawing the same curves. Its path is printed when the fit ends.
     """
 
     def __init__(self, dirpath: str | None = None, filename: str = "learning_curves.png", loss: str = "val_loss",
-                 metric: str = "val_st_ap"):
+                 metric: str = "val_st_ap", min_interval: float = 30.0):
         super().__init__()
-        self.dirpath, self.filename = dirpath, filename
+        self.dirpath, self.filename, self.min_interval = dirpath, filename, float(min_interval)
+        self._written_at = -math.inf
         self.loss_key, self.metric_key = loss, metric
         #: ``{epoch: {"train_loss": .., loss: .., metric: ..}}``, epochs counted from 0.
         self.history: dict[int, dict[str, float]] = {}
@@ -246,13 +256,16 @@ class LearningCurves(pl.Callback):
         self._write(trainer)  # only when something changed since the last write (no validation ran)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
-        self._write(trainer)
+        self._write(trainer, force=True)
         if trainer.is_global_zero and self.path is not None:
             print(f"learning curves: {self.path}", flush=True)
 
-    def _write(self, trainer: pl.Trainer) -> None:
+    def _write(self, trainer: pl.Trainer, force: bool = False) -> None:
         if not trainer.is_global_zero or not self.history or self.history == self._plotted:
             return
+        if not force and time.monotonic() - self._written_at < self.min_interval:
+            return
+        self._written_at = time.monotonic()
         path = Path(self.dirpath) if self.dirpath else run_folder(trainer)
         path = path / self.filename
         title = f"{'/'.join(path.parent.parts[-3:])}: {len(self.history)} epoch{'s' if len(self.history) > 1 else ''}"

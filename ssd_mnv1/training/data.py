@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from torchvision import tv_tensors
 
 from ..preprocess import INTERPOLATIONS, resize_uint8, to_tensor
-from ..cpus import plan_cpus
+from ..cpus import plan_cpus, torch_threads
 from .augment import Augmentation, OrderedBatchSampler, build_transforms
 
 
@@ -48,6 +48,11 @@ class DetectionSamples(Dataset):
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def __getitems__(self, keys: list) -> list[dict]:
+        """A batch's samples (what the DataLoader asks for), augmented on one torch thread."""
+        with torch_threads(1):
+            return [self[key] for key in keys]
 
     def __getitem__(self, key) -> dict:
         i, order_seed = key if isinstance(key, tuple) else (key, None)
@@ -105,6 +110,45 @@ def drop_empty_images(batch: dict) -> dict:
             "boxes": [batch["boxes"][i] for i in keep], "labels": [batch["labels"][i] for i in keep],
             "indices": batch["indices"][keep], "files": [batch["files"][i] for i in keep],
             "images_dropped": batch["images_dropped"] + len(batch["labels"]) - len(keep)}
+
+
+class RepeatedBatches:
+    """A batch sampler that runs ``batches`` again and again (each pass: a fresh shuffle); its
+    length is one pass's, which :class:`EpochStream` calls an epoch."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        while True:
+            yield from self.batches
+
+
+class EpochStream:
+    """The training batches of one DataLoader iterator that runs on across epochs.
+
+    A DataLoader starts each epoch with empty workers: the step waits while they augment the
+    epoch's first batch. Over :class:`RepeatedBatches`, the workers prepare the next epoch's first
+    batches during this epoch's last steps, as ST's endless Keras generator does. Each ``iter()``
+    is one epoch of ``len(loader)`` batches. The batches are a function of the seed: the sampler's
+    draws happen in the main process in step order, the augmentation's in the seeded workers.
+    """
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+        self._iterator = None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        if self._iterator is None:
+            self._iterator = iter(self.loader)
+        for _ in range(len(self.loader)):
+            yield next(self._iterator)
 
 
 class DetectionDataModule(pl.LightningDataModule):
@@ -228,9 +272,12 @@ class DetectionDataModule(pl.LightningDataModule):
                            "partial batch")
         # one random op order per batch, as ST's generator (data_aug is called once per batch)
         batches = OrderedBatchSampler(RandomSampler(samples), self.batch_size, drop_last)
+        collate = DetectionCollate(self.drop_empty and not on_device)
+        if self.num_workers > 0 and (self.trainer is None or self.trainer.world_size == 1):
+            return EpochStream(DataLoader(samples, batch_sampler=RepeatedBatches(batches), num_workers=self.num_workers,
+                                          pin_memory=self.pin_memory, collate_fn=collate))
         return DataLoader(samples, batch_sampler=batches, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, collate_fn=DetectionCollate(self.drop_empty and not on_device),
-                          persistent_workers=self.num_workers > 0)
+                          pin_memory=self.pin_memory, collate_fn=collate, persistent_workers=self.num_workers > 0)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """``augment_on: device``: augment the uint8 training batch where it now is, batched."""

@@ -6,7 +6,9 @@ machines, with two other busy processes, a quickstart step took 1.15 s with 2 th
 with 1 (median of 20 steps, measured side by side), while on a quiet machine 2 threads are faster.
 No count is right for both, and the load changes during a run, so :class:`AdaptiveThreads` times
 the candidates every so often, and as soon as steps slow down, and keeps the fastest. The thread count changes only the speed
-(and float rounding), never the steps trained.
+and float rounding, never the steps trained; but float rounding is enough to change a seeded run's
+result, so the fit CLI adds it only on request (``--adaptive_threads true``): by default the count is
+fixed before the first step.
 """
 
 from __future__ import annotations
