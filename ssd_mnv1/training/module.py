@@ -88,9 +88,9 @@ class SSDLightningModule(pl.LightningModule):
             starts from zero bias (p = 0.5): leave it unset for ST's recipe. Ignored with weights.
         bn_momentum: BatchNorm running-statistics momentum, PyTorch convention (Keras' 0.99 is
             0.01, ST's value). Runs of a few hundred steps want 0.1, or evaluation sees stale stats.
-        channels_last: NHWC memory format. Default (None): on for CPU training, where oneDNN's
+        channels_last: NHWC memory format. Default (None): on for float CPU training, where oneDNN's
             NHWC convolutions (the depthwise ones above all) make a step's forward and backward
-            ~1.6x faster; off elsewhere. On a GPU with tensor cores ``true`` helps mixed precision.
+            ~1.8x faster; off elsewhere and for QAT (whose calibration must round as the exporter's). On a GPU with tensor cores ``true`` helps mixed precision.
         lr_schedule: ``plateau`` (ST's ReduceLROnPlateau, above) or ``cosine``: from ``lr`` to 0 over
             the run's planned steps (``trainer.max_steps`` / ``max_epochs``), per step; a run of a
             fixed length then ends converged instead of wherever the last plateau left it.
@@ -141,9 +141,13 @@ class SSDLightningModule(pl.LightningModule):
         return self.model(images)
 
     def setup(self, stage: str) -> None:
+        from ..quantization.qat import is_qat
+
         channels_last = self.hparams.channels_last
-        if channels_last is None:
-            channels_last = self._trainer is not None and type(self._trainer.accelerator).__name__.startswith("CPU")
+        if channels_last is None:  # QAT (prepared by its callback's setup, which runs first) keeps the
+            # exporter's NCHW arithmetic: its int8-grid ranges must match the export's to the last bit
+            channels_last = (self._trainer is not None and type(self._trainer.accelerator).__name__.startswith("CPU")
+                             and not is_qat(self.model))
         self._channels_last = bool(channels_last)
         if self._channels_last:
             self.model.to(memory_format=torch.channels_last)
