@@ -12,6 +12,6 @@ from .synthetic import SyntheticPersons, render_objects, render_scene, write_syn
 
 __all__ = ["NO_AUGMENTATION", "Augmentation", "DetectionCollate", "DetectionDataModule", "DetectionSamples",
            "FitReport", "LearningCurves", "LogProgressBar", "NonFiniteLossError", "QuantizationAwareTraining",
-           "SSDLightningModule", "StepProfile", "SyntheticPersons", "anchor_targets", "batch_anchor_targets", "build_transforms",
-           "hard_negative_mining_loss", "match_anchors", "render_objects", "render_scene", "save_learning_curves",
+           "SSDLightningModule", "StepProfile", "SyntheticPersons", "anchor_targets", "batch_anchor_targets",
+           "build_transforms", "hard_negative_mining_loss", "match_anchors", "render_objects", "render_scene", "save_learning_curves",
            "softmax_focal_loss", "ssd_loss", "write_synthetic_dataset"]

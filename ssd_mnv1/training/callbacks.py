@@ -206,8 +206,8 @@ class LearningCurves(pl.Callback):
     ``trainer.callback_metrics`` when a fit's validation ends (the sanity check is skipped). The
     PNG is rewritten (atomically, by global rank 0) after a validation, or at an epoch's end when
     there was none, at most once per ``min_interval`` seconds (drawing costs ~0.3 s: with epochs of
-    a few steps it would slow training), and always when the fit ends; the folder is ``dirpath``, else :func:`run_folder` (the logger's
-    ``log_dir``, else ``trainer.default_root_dir``). The history travels in checkpoints, so a
+    a few steps it would slow training), and always when the fit ends; the folder is ``dirpath``,
+    else :func:`run_folder` (the logger's ``log_dir``, else ``trainer.default_root_dir``). The history travels in checkpoints, so a
     resumed fit goes on drawing the same curves. Its path is printed when the fit ends.
     """
 

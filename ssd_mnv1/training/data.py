@@ -274,8 +274,10 @@ class DetectionDataModule(pl.LightningDataModule):
         batches = OrderedBatchSampler(RandomSampler(samples), self.batch_size, drop_last)
         collate = DetectionCollate(self.drop_empty and not on_device)
         if self.num_workers > 0 and (self.trainer is None or self.trainer.world_size == 1):
-            return EpochStream(DataLoader(samples, batch_sampler=RepeatedBatches(batches), num_workers=self.num_workers,
-                                          pin_memory=self.pin_memory, collate_fn=collate))
+            # one iterator for the whole fit: the workers prepare the next epoch's first batches early
+            return EpochStream(DataLoader(samples, batch_sampler=RepeatedBatches(batches),
+                                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                          collate_fn=collate))
         return DataLoader(samples, batch_sampler=batches, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, collate_fn=collate, persistent_workers=self.num_workers > 0)
 

@@ -90,7 +90,8 @@ class SSDLightningModule(pl.LightningModule):
             0.01, ST's value). Runs of a few hundred steps want 0.1, or evaluation sees stale stats.
         channels_last: NHWC memory format. Default (None): on for float CPU training, where oneDNN's
             NHWC convolutions (the depthwise ones above all) make a step's forward and backward
-            ~1.8x faster; off elsewhere and for QAT (whose calibration must round as the exporter's). On a GPU with tensor cores ``true`` helps mixed precision.
+            ~1.8x faster; off elsewhere and for QAT (whose calibration must round as the
+            exporter's). On a GPU with tensor cores ``true`` helps mixed precision.
         lr_schedule: ``plateau`` (ST's ReduceLROnPlateau, above) or ``cosine``: from ``lr`` to 0 over
             the run's planned steps (``trainer.max_steps`` / ``max_epochs``), per step; a run of a
             fixed length then ends converged instead of wherever the last plateau left it.
