@@ -26,7 +26,9 @@ def main() -> int:
     if after is None or after < args.floor:
         print(f"error: {args.report}: final validation ST-AP {after} is below the floor {args.floor}", file=sys.stderr)
         return 1
-    print(f"quickstart: validation ST-AP {report.get('st_ap_before'):.2f} -> {after:.2f} (floor {args.floor}) "
+    before = report.get("st_ap_before")
+    start = "" if before is None else f"{before:.2f} -> "
+    print(f"validation ST-AP {start}{after:.2f} (floor {args.floor}) "
           f"in {report.get('minutes')} min, {report.get('steps')} steps, {report.get('torch_threads')} torch thread(s)")
     return 0
 

@@ -103,7 +103,7 @@ def torch_threads(n: int):
 
     For per-image work in the training process (augmenting with no loader workers): its ops are
     too small for a second thread to pay, and when another process holds a core the threads of a
-    tiny op wait for each other (14x slower per image, measured). The ops are element-wise or
+    tiny op wait for each other (14x slower per image in a one-off timing beside two busy processes). The ops are element-wise or
     per-output, so the pixels do not depend on the thread count.
     """
     import torch

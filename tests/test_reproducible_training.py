@@ -149,6 +149,10 @@ def test_fit_report_check_fails_below_the_floor_and_passes_above(tmp_path):
     assert passed.returncode == 0 and "78.50" in passed.stdout
     failed = subprocess.run([*check, "--floor", "79"], capture_output=True, text=True)
     assert failed.returncode == 1 and "below the floor 79" in failed.stderr
+    no_before = tmp_path / "no_before.json"
+    no_before.write_text(json.dumps({"st_ap_before": None, "st_ap_after": 50.0, "stopped_by_time": False}))
+    plain = subprocess.run([*check[:2], str(no_before), "--floor", "40"], capture_output=True, text=True)
+    assert plain.returncode == 0 and "50.00" in plain.stdout, plain.stderr
     missing = subprocess.run([*check[:2], str(tmp_path / "none.json"), "--floor", "1"], capture_output=True, text=True)
     assert missing.returncode == 1 and "none.json" in missing.stderr
 
