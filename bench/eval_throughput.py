@@ -12,7 +12,7 @@ class head gets a background prior, so that post-processing and metric have abou
 as with ST's trained 224 model (~410 vs ~370 detections per image after ST 2.0's NMS; with untouched
 random weights all 6,825 anchors score the same and pass the 0.001 threshold).
 
-Two figures per model, both through ``ssd_mnv1.evaluate.evaluate`` with the same metrics:
+Two figures per model, both through ``ssd_mnv1.evaluation.evaluate`` with the same metrics:
 
 * end to end: JPEG decode + ST's nearest resize (DataLoader workers) + model + post-processing +
   metric;
@@ -60,7 +60,7 @@ def random_detector(calib: np.ndarray, seed: int = 0, background_prior: float = 
     images); then the person logits are moved ``background_prior`` below background, which leaves
     about as many detections after NMS as ST's trained 224 model gives.
     """
-    from ssd_mnv1.model import build_model
+    from ssd_mnv1 import build_model
     from ssd_mnv1.preprocess import normalize
 
     torch.manual_seed(seed)
@@ -131,7 +131,7 @@ def time_model_only(runner, images: np.ndarray, batch_size: int) -> float:
 
 
 def time_evaluate(runner, dataset, metrics, limit, batch_size, workers, images=None) -> tuple[float, dict]:
-    from ssd_mnv1.evaluate import evaluate
+    from ssd_mnv1.evaluation import evaluate
 
     t0 = time.perf_counter()
     res = evaluate(runner, dataset, metrics, batch_size=batch_size, workers=workers, limit=limit,
@@ -160,7 +160,7 @@ def main() -> None:
         raise SystemExit(f"--device {args.device}: no CUDA device visible to PyTorch")
 
     from ssd_mnv1.data import open_dataset
-    from ssd_mnv1.evaluate import resize_all
+    from ssd_mnv1.evaluation import resize_all
 
     if not args.data.exists():
         raise SystemExit(f"--data {args.data}: no such dataset")

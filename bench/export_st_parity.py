@@ -31,9 +31,10 @@ def _kib(path: Path) -> str:
 
 def run_size(size: int, args, out_dir: Path) -> dict:
     from ssd_mnv1.data import open_dataset
-    from ssd_mnv1.evaluate import evaluate, resize_all
-    from ssd_mnv1.export.compat import compare, read_contract, weight_quantization
-    from ssd_mnv1.export.pipeline import build_ledger, export, write_ledger
+    from ssd_mnv1.evaluation import evaluate, resize_all
+    from ssd_mnv1.export.contract import compare, read_contract, weight_quantization
+    from ssd_mnv1.export.ledger import build_ledger, write_ledger
+    from ssd_mnv1.export.pipeline import export
     from ssd_mnv1.export.tflite_edit import op_list
     from ssd_mnv1.runners import TFLiteRunner
     from ssd_mnv1.zoo import st_files

@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
     args = parser.parse_args(argv)
 
-    from ssd_mnv1.export.pipeline import CONFIDENT_SCORE, build_ledger, export
-    from ssd_mnv1.export.qdq import compare_scales, format_scale_report
+    from ssd_mnv1.export.ledger import CONFIDENT_SCORE, build_ledger
+    from ssd_mnv1.export.pipeline import export
+    from ssd_mnv1.export.qdq_audit import compare_scales, format_scale_report
     from ssd_mnv1.export.tf_stage import quiet_tensorflow
 
     quiet_tensorflow()

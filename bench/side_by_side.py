@@ -240,7 +240,7 @@ class Evaluator:
                                    "--threads", str(self.threads), "--json", str(cache)], cwd=REPO,
                                   stdout=subprocess.DEVNULL)
             return json.loads(cache.read_text())["st_ap_20"]
-        from ssd_mnv1.evaluate import evaluate, resize_all
+        from ssd_mnv1.evaluation import evaluate, resize_all
         from ssd_mnv1.runners import open_runner
 
         runner = open_runner(str(model), num_threads=self.threads)

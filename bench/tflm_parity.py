@@ -3,7 +3,7 @@
     python bench/tflm_parity.py FILE_MCU.tflite --data DIR [--dynamic FILE.tflite] [--limit N] [--json OUT]
 
 FILE_MCU is a file TFLM loads (``python -m ssd_mnv1.export MODEL --to tflite-int8 --mcu ...``).
-It is scored on the same decoded images under: TFLite Micro (``ssd_mnv1.tflm.TFLMRunner``);
+It is scored on the same decoded images under: TFLite Micro (``ssd_mnv1.runners.TFLMRunner``);
 LiteRT with TFLite's reference kernels (``OpResolverType.BUILTIN_REF``, what TFLM's kernels are
 ports of); LiteRT's builtin kernels without XNNPACK (what ``evaluate --tflite-kernels reference``
 runs today); LiteRT with XNNPACK. ``--dynamic`` adds the dynamic-batch file of the same model under the same
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from ssd_mnv1.data import open_dataset
-from ssd_mnv1.evaluate import evaluate, resize_all
+from ssd_mnv1.evaluation import evaluate, resize_all
 from ssd_mnv1.fileio import atomic_write_text
 from ssd_mnv1.runners import TFLiteRunner
-from ssd_mnv1.tflm import TFLMRunner
+from ssd_mnv1.runners import TFLMRunner
 
 METRICS = ("st20", "st25")
 
@@ -75,14 +75,13 @@ def _tile_version_for_reference_kernels(src: str, dst: Path) -> Path:
     """A copy of ``src`` whose TILE opcode says version 2: LiteRT's reference-kernel resolver
     registers TILE up to version 2 only, though its kernel tiles int8 (what version 3 declares), so
     the dynamic-batch file loads there. Nothing else changes."""
-    from ssd_mnv1.export.tflite_edit import _schema
+    from ssd_mnv1.tflite_file import builtin_code, read, schema, to_bytes
 
-    schema, fbu = _schema()
-    model = fbu.read_model(str(src))
+    model = read(src).flatbuffer
     for code in model.operatorCodes:
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.TILE:
+        if builtin_code(code) == schema().BuiltinOperator.TILE:
             code.version = min(code.version, 2)
-    fbu.write_model(model, str(dst))
+    dst.write_bytes(to_bytes(model))
     return dst
 
 

@@ -10,8 +10,8 @@ Runs one step of ST's 2.0 training (the ``.h5`` loaded by tf_keras, outputs conc
 ``ssd_focal_loss`` imported from ``ST_SRC/object_detection/src/training/loss.py`` at run time, legacy
 Adam 1e-3, Keras' train step) on the vectors' ``images`` and ``y_true``, twice: with TensorFlow's
 default oneDNN kernels and with its Eigen kernels (``TF_ENABLE_ONEDNN_OPTS=0``). Each run is scored
-with the statistics of ``bench/train_step_parity.py`` against the stored step, so the numbers are
-the floor that any port, ours included, can be held to. Needs the ``export`` extra (TensorFlow,
+with the statistics of ``bench/train_step_parity.py`` (:mod:`ssd_mnv1.training.step_parity`) against
+the stored step, so the numbers are the floor that any port, ours included, can be held to. Needs the ``export`` extra (TensorFlow,
 tf_keras) and a copy of ST's 2.0 source (never part of this repository).
 """
 
@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     for path, option in ((loss_py, "--st-src"), (args.vectors, "--vectors"), (args.weights, "--weights")):
         if not path.is_file():
             parser.error(f"{option}: {path}: no such file")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from train_step_parity import compare_with_st, table
+    from ssd_mnv1.training.step_parity import compare_with_st, parity_table
 
     if args.worker:
         out = st_keras_step(args.st_src, args.vectors, args.weights)
@@ -100,9 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(proc.stderr[-3000:])
             raise SystemExit(f"error: ST's Keras step with {kernels} kernels failed (exit {proc.returncode})")
         results[kernels] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print("\n".join(table(results[kernels], v, f"ST's own Keras step, TensorFlow {kernels} kernels, vs the "
-                                                    f"stored step ({args.vectors.name}); max abs diff of y_pred "
-                                                    f"{results[kernels]['y_pred_max_abs_diff']:.2e}", label="TF run")[:-1]))
+        print("\n".join(parity_table(results[kernels], v, f"ST's own Keras step, TensorFlow {kernels} kernels, "
+                                                           f"vs the stored step ({args.vectors.name}); max abs diff "
+                                                           f"of y_pred {results[kernels]['y_pred_max_abs_diff']:.2e}",
+                                      label="TF run")[:-1]))
         print()
     print(json.dumps(results))
     return 0

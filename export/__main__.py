@@ -30,6 +30,7 @@ import argparse
 import time
 
 from ssd_mnv1.cli import run
+from ssd_mnv1.fileio import output_folder
 from ssd_mnv1.runners import INT8_INPUT_MODES
 
 from .pipeline import TARGETS
@@ -37,7 +38,8 @@ from .pipeline import TARGETS
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ssd_mnv1.export", description=__doc__.split("\n")[0])
-    parser.add_argument("model", help=".ckpt (float or QAT) or ST/Keras .h5")
+    parser.add_argument("model", help=".ckpt (float or QAT) or ST/Keras .h5, or a model zoo name "
+                                      "(st_ssd_mobilenet_v1_025_224, ...)")
     parser.add_argument("--to", default=["tflite-int8"], nargs="+", choices=TARGETS, metavar="TARGET",
                         help=f"one or more of {', '.join(TARGETS)} (default tflite-int8)")
     parser.add_argument("--out", required=True, help="output folder")
@@ -58,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8-input", default="raw", choices=INT8_INPUT_MODES,
                         help="ledger: how images reach the uint8 input (default raw pixels, as on the device)")
     args = parser.parse_args(argv)
+    output_folder(args.out, "--out")  # before the model loads: a bad folder fails now, not after the export
 
-    from .pipeline import build_ledger, export, ledger_markdown, write_ledger
+    from .ledger import build_ledger, ledger_markdown, write_ledger
+    from .pipeline import export
     from .tf_stage import quiet_tensorflow
 
     quiet_tensorflow()

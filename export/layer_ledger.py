@@ -36,11 +36,13 @@ follow from the graph: MEAN is ``neck.gap_quant``, the ADD fed by ``neck.lateral
 ``head.cls_quant`` / ``head.box_quant``, SOFTMAX is ``scores_quant`` and the input QUANTIZE is
 ``input_quant``. Tensors that keep their input's quantization (PAD, RESIZE_BILINEAR, RESHAPE) are
 listed apart (``other_tensors``).
+
+The PyTorch side (ST-AP costs, local SQNR): :mod:`.quantizer_ablation`; reading the ledger
+(Markdown, the bar charts, the files): :mod:`.layer_ledger_report`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -50,14 +52,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssd_mnv1.fileio import atomic_path, atomic_write_text
+from .quantizer_ablation import quantizer_costs, sqnr_db
 
 CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 #: Ops whose int8 output keeps its input's quantization (no quantizer of their own).
 PASS_THROUGH_OPS = ("PAD", "PADV2", "RESIZE_BILINEAR", "RESHAPE", "QUANTIZE")
-KIND_CONV = "weights+output"
-KIND_ACT = "activation"
-KIND_WEIGHTS = "weights"  # a conv whose output is quantized by the op it feeds (head convs -> concat)
 #: Max |Δ| / max |w| below which a TFLite filter is taken to be a ConvBN's folded weight.
 WEIGHT_MATCH_TOL = 1e-3
 
@@ -66,13 +65,16 @@ WEIGHT_MATCH_TOL = 1e-3
 
 
 class _Graph:
-    """One TFLite file's ops and tensors, read through an interpreter that keeps every tensor."""
+    """One TFLite file: its ops and tensors from the file (:mod:`ssd_mnv1.tflite_file`), their
+    values from an interpreter that keeps every tensor."""
 
     def __init__(self, path: str | os.PathLike, num_threads: int | None = None):
         from ssd_mnv1.runners import make_interpreter
+        from ssd_mnv1.tflite_file import read
 
         self.path = Path(path)
-        make_interpreter(self.path)  # its clear errors for a missing or invalid file
+        self.file = read(self.path)  # one error naming a missing or corrupt file
+        make_interpreter(self.path)  # its clear errors for a file LiteRT cannot load
         try:
             from ai_edge_litert import interpreter as litert
         except ImportError:  # pragma: no cover - the export extra installs ai-edge-litert
@@ -84,24 +86,21 @@ class _Graph:
             model_path=str(self.path), num_threads=num_threads, experimental_preserve_all_tensors=True,
             experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         self.interpreter.allocate_tensors()
-        self.tensors = {t["index"]: t for t in self.interpreter.get_tensor_details()}
-        self.ops = self.interpreter._get_ops_details()
-        self.producer = {int(o): op for op in self.ops for o in op["outputs"]}
-        self.consumers: dict[int, list] = {}
-        for op in self.ops:
-            for i in op["inputs"]:
-                self.consumers.setdefault(int(i), []).append(op)
+        graph = self.file.main
+        self.tensors, self.ops, self.inputs = graph.tensors, graph.operators, graph.inputs
+        self.producer = graph.producers()
+        self.consumers = graph.consumers()
         self.input = self.interpreter.get_input_details()[0]
         self.outputs = self.interpreter.get_output_details()
 
     def name(self, index: int) -> str:
-        return self.tensors[index]["name"]
+        return self.tensors[index].name
 
     def shape(self, index: int) -> tuple:
-        return tuple(int(d) for d in self.tensors[index]["shape"])
+        return self.tensors[index].shape
 
     def constant(self, index: int) -> np.ndarray:
-        return np.array(self.interpreter.get_tensor(index))
+        return np.array(self.file.constant(index))
 
     def feed(self, image: np.ndarray) -> None:
         from ssd_mnv1.preprocess import normalize
@@ -122,16 +121,15 @@ class _Graph:
         """A tensor of the last run as float (dequantized when integer)."""
         t = self.tensors[index]
         x = self.interpreter.get_tensor(index)
-        if t["dtype"] in (np.int8, np.uint8, np.int16, np.int32):
-            scale, zp = t["quantization"]
+        if t.dtype in (np.int8, np.uint8, np.int16, np.int32):
+            scale, zp = t.quantization.per_tensor or (0.0, 0)
             return (x.astype(np.float64) - zp) * scale
         return x.astype(np.float64)
 
     def quantized_filter(self, index: int) -> tuple[np.ndarray, int]:
         """A conv filter dequantized (per-channel scales along their axis), and its scale count."""
-        t = self.tensors[index]
-        q = t["quantization_parameters"]
-        scales, zps, axis = np.asarray(q["scales"]), np.asarray(q["zero_points"]), int(q["quantized_dimension"])
+        q = self.tensors[index].quantization
+        scales, zps, axis = q.scales, q.zero_points, q.axis
         x = self.constant(index).astype(np.float64)
         if len(scales) == 0:
             return x, 0
@@ -151,7 +149,7 @@ def _tflite_layout(weight: torch.Tensor, depthwise: bool) -> np.ndarray:
 def _conv_weights(model) -> dict[str, list[np.ndarray]]:
     """Module path -> BN-folded weight in TFLite layout: float, and on the int8 grid for a QAT model
     (a QAT checkpoint's export goes through ``to_float``; a calibrated float model's does not)."""
-    from ssd_mnv1.backbone import ConvBN
+    from ssd_mnv1.layers import ConvBN
 
     out = {}
     with torch.no_grad():
@@ -171,10 +169,10 @@ def _trace_back(graph: _Graph, index: int, module_of: dict[int, str]) -> str | N
     seen = set()
     while index not in module_of:
         op = graph.producer.get(index)
-        if op is None or op["op_name"] not in PASS_THROUGH_OPS or index in seen:
+        if op is None or op.name not in PASS_THROUGH_OPS or index in seen:
             return None
         seen.add(index)
-        index = int(op["inputs"][0])
+        index = op.inputs[0]
     return module_of[index]
 
 
@@ -194,7 +192,7 @@ class TensorMatch:
 
 def _activations(g: _Graph, op, graph_inputs: set[int]) -> list[int]:
     """An op's non-constant inputs (produced by an op or fed), in order."""
-    return [int(i) for i in op["inputs"] if int(i) >= 0 and (int(i) in g.producer or int(i) in graph_inputs)]
+    return [i for i in op.inputs if i >= 0 and (i in g.producer or i in graph_inputs)]
 
 
 def _relative_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -210,52 +208,51 @@ def pair_tensors(q: _Graph, f: _Graph) -> dict[int, int]:
     through. Names would do for two files converted from one SavedModel, but a second onnx2tf run
     in the same process (the int8 source of an equalized, bias-corrected export) numbers its ops on.
     """
-    q_in = {int(d["index"]) for d in q.interpreter.get_input_details()}
-    f_in = {int(d["index"]) for d in f.interpreter.get_input_details()}
+    q_in, f_in = set(q.inputs), set(f.inputs)
     if len(q_in) != 1 or len(f_in) != 1:
         raise ValueError(f"expected one input in {q.path} and {f.path}, got {len(q_in)} and {len(f_in)}")
     pairs = {next(iter(q_in)): next(iter(f_in))}
     f_by_inputs: dict[tuple, list] = {}
     for op in f.ops:
-        f_by_inputs.setdefault((op["op_name"], tuple(_activations(f, op, f_in))), []).append(op)
+        f_by_inputs.setdefault((op.name, tuple(_activations(f, op, f_in))), []).append(op)
     used: set[int] = set()
     for op in q.ops:
         ins = _activations(q, op, q_in)
         if any(i not in pairs for i in ins):
             continue
-        outs = [int(o) for o in op["outputs"]]
-        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE") and len(ins) == 1:
+        outs = list(op.outputs)
+        if op.name in ("QUANTIZE", "DEQUANTIZE") and len(ins) == 1:
             pairs[outs[0]] = pairs[ins[0]]
             continue
-        candidates = [g for g in f_by_inputs.get((op["op_name"], tuple(pairs[i] for i in ins)), [])
-                      if g["index"] not in used and len(g["outputs"]) == len(outs)
-                      and all(q.shape(a)[1:] == f.shape(int(b))[1:] for a, b in zip(outs, g["outputs"]))]
+        candidates = [g for g in f_by_inputs.get((op.name, tuple(pairs[i] for i in ins)), [])
+                      if g.index not in used and len(g.outputs) == len(outs)
+                      and all(q.shape(a)[1:] == f.shape(b)[1:] for a, b in zip(outs, g.outputs))]
         if not candidates:
             continue
-        if op["op_name"] in CONV_OPS and len(candidates) > 1:
-            w = q.quantized_filter(int(op["inputs"][1]))[0]
-            candidates = sorted(candidates, key=lambda g: _relative_error(w, f.constant(int(g["inputs"][1])))
-                                if f.shape(int(g["inputs"][1])) == w.shape else math.inf)
-        used.add(candidates[0]["index"])
-        pairs.update(zip(outs, (int(b) for b in candidates[0]["outputs"])))
+        if op.name in CONV_OPS and len(candidates) > 1:
+            w = q.quantized_filter(op.inputs[1])[0]
+            candidates = sorted(candidates, key=lambda g: _relative_error(w, f.constant(g.inputs[1]))
+                                if f.shape(g.inputs[1]) == w.shape else math.inf)
+        used.add(candidates[0].index)
+        pairs.update(zip(outs, candidates[0].outputs))
     return pairs
 
 
 def match_tensors(model, q: _Graph, f: _Graph) -> list[TensorMatch]:
     """Every int8 activation tensor of ``q`` (produced by an op) with its float twin in ``f`` and,
     where it is a quantizer's output, the module path of that quantizer (see the module docstring)."""
-    graph_inputs = {int(d["index"]) for d in q.interpreter.get_input_details()}
+    graph_inputs = set(q.inputs)
     pairs = pair_tensors(q, f)
     matches: list[TensorMatch] = []
     for op in q.ops:
-        name = op["op_name"]
-        for o in (int(o) for o in op["outputs"]):
-            if q.tensors[o]["dtype"] != np.int8 or name == "TILE" or o not in pairs:  # TILE: the anchors
+        name = op.name
+        for o in op.outputs:
+            if q.tensors[o].dtype != np.int8 or name == "TILE" or o not in pairs:  # TILE: the anchors
                 continue
             matches.append(TensorMatch(o, pairs[o], q.name(o), name))
             if name in CONV_OPS:
-                matches[-1].int8_filter = int(op["inputs"][1])
-                matches[-1].fp32_filter = int(f.producer[pairs[o]]["inputs"][1])
+                matches[-1].int8_filter = op.inputs[1]
+                matches[-1].fp32_filter = f.producer[pairs[o]].inputs[1]
 
     # Convs: by their weights (the float file holds the BN-folded weights: float, or on the int8
     # grid for a QAT model's export, so both are tried).
@@ -279,38 +276,30 @@ def match_tensors(model, q: _Graph, f: _Graph) -> list[TensorMatch]:
     module_of = {m.int8_index: m.module for m in matches if m.module}
     for m in matches:
         op = q.producer[m.int8_index]
-        if m.op == "QUANTIZE" and int(op["inputs"][0]) in graph_inputs:
+        if m.op == "QUANTIZE" and op.inputs[0] in graph_inputs:
             m.module = "input_quant"
         elif m.op == "MEAN":
             m.module = "neck.gap_quant"
         elif m.op == "SOFTMAX":
             m.module = "scores_quant"
         elif m.op == "ADD":
-            lateral = [p for p in (_trace_back(q, int(i), module_of) for i in op["inputs"])
+            lateral = [p for p in (_trace_back(q, i, module_of) for i in op.inputs)
                        if p and p.startswith("neck.lateral.")]
             if lateral:
                 m.module = "neck.add_quant." + lateral[0].rsplit(".", 1)[1]
         elif m.op == "CONCATENATION":
-            heads = {p.rsplit(".", 1)[0] for p in (_trace_back(q, int(i), module_of) for i in op["inputs"])
+            heads = {p.rsplit(".", 1)[0] for p in (_trace_back(q, i, module_of) for i in op.inputs)
                      if p and p.startswith(("head.cls.", "head.box."))}
             if len(heads) == 1:
                 m.module = heads.pop() + "_quant"
         if m.module:
             module_of[m.int8_index] = m.module
         elif m.op in PASS_THROUGH_OPS:
-            m.follows = _trace_back(q, int(op["inputs"][0]), module_of)
+            m.follows = _trace_back(q, op.inputs[0], module_of)
     return matches
 
 
 # ------------------------------------------------------------------------------------- SQNR
-
-
-def _sqnr_db(signal: float, noise: float) -> float:
-    if noise <= 0.0:
-        return math.inf
-    if signal <= 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
 
 
 class _PairRunner:
@@ -318,10 +307,10 @@ class _PairRunner:
     noise energy, and returns the int8 file's outputs (the float ones are kept for a replay)."""
 
     def __init__(self, q: _Graph, f: _Graph, matches: list[TensorMatch], progress=None):
-        from ssd_mnv1.runners import _identify_outputs
+        from ssd_mnv1.runners import identify_outputs
 
         self.q, self.f, self.matches, self.progress = q, f, matches, progress
-        self.identify = _identify_outputs
+        self.identify = identify_outputs
         self.name, self.input_size = "tflite-int8", int(q.input["shape"][1])
         self.signal = np.zeros(len(matches))
         self.noise = np.zeros(len(matches))
@@ -346,7 +335,7 @@ class _PairRunner:
         return self.identify(cat(q_outs, len(self.q.outputs)), self.input_size)
 
     def sqnr(self) -> list[float]:
-        return [_sqnr_db(s, n) for s, n in zip(self.signal, self.noise)]
+        return [sqnr_db(s, n) for s, n in zip(self.signal, self.noise)]
 
 
 class _Replay:
@@ -363,117 +352,7 @@ def weight_sqnr(q: _Graph, f: _Graph, m: TensorMatch) -> tuple[float, int]:
     """SQNR (dB) of a conv's int8 filter against the float file's, and its number of scales."""
     wq, n_scales = q.quantized_filter(m.int8_filter)
     wf = f.constant(m.fp32_filter).astype(np.float64)
-    return _sqnr_db(float(np.square(wf).sum()), float(np.square(wq - wf).sum())), n_scales
-
-
-# -------------------------------------------------------------------------------- ST-AP cost
-
-
-def layer_quantizers(model) -> list[tuple[str, str, list]]:
-    """(module path, kind, quantizers) of every quantized layer of a QAT model, in forward order:
-    each ConvBN (weights + output, or weights only where its output has no quantizer of its own)
-    and each standalone activation quantizer."""
-    from ssd_mnv1.backbone import ConvBN
-    from ssd_mnv1.quantization.qat import ActivationQuantizer, InputQuantizer
-
-    layers = []
-    for path, m in model.named_modules():
-        if isinstance(m, ConvBN):
-            if isinstance(m.output_quant, ActivationQuantizer):
-                layers.append((path, KIND_CONV, [m.weight_quant, m.output_quant]))
-            else:  # a head conv: its int8 output is at its concatenation's scale (cls/box_quant)
-                layers.append((path, KIND_WEIGHTS, [m.weight_quant]))
-        elif isinstance(m, (ActivationQuantizer, InputQuantizer)) and not path.endswith(".output_quant"):
-            layers.append((path, KIND_ACT, [m]))
-    order = {"input_quant": -1}  # the input first, the scores last, the rest in module order
-    return sorted(layers, key=lambda r: order.get(r[0], 1 if r[0] == "scores_quant" else 0))
-
-
-def _st_ap(model, dataset, images, batch_size: int = 64) -> float:
-    from ssd_mnv1.evaluate import evaluate
-    from ssd_mnv1.runners import TorchRunner
-
-    return evaluate(TorchRunner(model, "pytorch-fake-quant"), dataset, ("st20",), images=images,
-                    batch_size=batch_size, progress=False).st_ap["st20"]
-
-
-@torch.no_grad()
-def _local_sqnr(model, layers, x: torch.Tensor) -> dict[str, float]:
-    """Each layer's own quantization noise: SQNR (dB) of its output with only its quantizers on
-    against its output with none (the quantizers of ``layers`` start disabled)."""
-    modules = dict(model.named_modules())
-    want: set[str] = set()
-    outs: dict[str, torch.Tensor] = {}
-
-    def keep(path):
-        def hook(module, inputs, output):
-            if path in want:
-                outs[path] = output.detach().double().clone()
-        return hook
-
-    hooks = [modules[path].register_forward_hook(keep(path)) for path, _, _ in layers]
-    try:
-        want.update(path for path, _, _ in layers)
-        model(x)
-        reference = dict(outs)
-        result = {}
-        for path, _, qs in layers:
-            want.clear()
-            want.add(path)
-            for q in qs:
-                q.enabled = True
-            model(x)
-            for q in qs:
-                q.enabled = False
-            ref = reference[path]
-            result[path] = _sqnr_db(float(ref.square().sum()), float((outs[path] - ref).square().sum()))
-    finally:
-        for h in hooks:
-            h.remove()
-    return result
-
-
-def quantizer_costs(qat_model, dataset, images, *, leave_one_out: bool = False, local_images: int = 32,
-                    progress: bool = True) -> dict:
-    """ST-AP of ``qat_model`` with no quantizer, all of them and each layer's alone (and, with
-    ``leave_one_out``, all but each layer's), plus each layer's local SQNR on ``local_images``."""
-    from ssd_mnv1.progress import progress as progress_bar
-
-    from ssd_mnv1.preprocess import normalize
-
-    layers = layer_quantizers(qat_model)
-    everything = [q for _, _, qs in layers for q in qs]
-    saved = [q.enabled for q in everything]
-    qat_model.eval()
-
-    def switch(quantizers, on: bool):
-        for q in quantizers:
-            q.enabled = on
-
-    result = {"kinds": {p: k for p, k, _ in layers}, "alone": {}, "without": {}}
-    try:
-        switch(everything, False)
-        x = torch.from_numpy(normalize(images[:local_images])).permute(0, 3, 1, 2)
-        x = x.to(next(qat_model.parameters()).device)
-        result["local_sqnr"] = _local_sqnr(qat_model, layers, x)
-        result["float"] = _st_ap(qat_model, dataset, images)
-        for path, _, qs in progress_bar(layers, desc="ST-AP, one layer quantized", unit="layer",
-                                        disable=not progress):
-            switch(qs, True)
-            result["alone"][path] = _st_ap(qat_model, dataset, images)
-            switch(qs, False)
-        switch(everything, True)
-        result["all"] = _st_ap(qat_model, dataset, images)
-        if leave_one_out:
-            for path, _, qs in progress_bar(layers, desc="ST-AP, all but one layer quantized", unit="layer",
-                                            disable=not progress):
-                switch(qs, False)
-                result["without"][path] = _st_ap(qat_model, dataset, images)
-                switch(qs, True)
-    finally:
-        for q, e in zip(everything, saved):
-            q.enabled = e
-    return result
+    return sqnr_db(float(np.square(wf).sum()), float(np.square(wq - wf).sum())), n_scales
 
 
 # ---------------------------------------------------------------------------------- ledger
@@ -481,8 +360,7 @@ def quantizer_costs(qat_model, dataset, images, *, leave_one_out: bool = False, 
 
 def _granularity_of_file(q: _Graph) -> bool:
     """Whether the int8 file's conv weights are per-tensor (one scale each)."""
-    counts = [len(q.tensors[int(op["inputs"][1])]["quantization_parameters"]["scales"])
-              for op in q.ops if op["op_name"] in CONV_OPS]
+    counts = [len(q.tensors[op.inputs[1]].quantization.scales) for op in q.ops if op.name in CONV_OPS]
     return bool(counts) and max(counts) <= 1
 
 
@@ -504,7 +382,7 @@ def build_layer_ledger(model, int8_tflite: str | os.PathLike, fp32_tflite: str |
     from ssd_mnv1.progress import progress as progress_bar
 
     from ssd_mnv1.data import open_dataset
-    from ssd_mnv1.evaluate import evaluate, resize_all
+    from ssd_mnv1.evaluation import evaluate, resize_all
     from ssd_mnv1.loading import load_model
     from ssd_mnv1.quantization import is_qat
     from ssd_mnv1.quantization.calibration import calibration_images, int8_simulation
@@ -614,101 +492,3 @@ def _round(x):
 
 def _sort_sqnr(x):
     return math.inf if x is None else x
-
-
-def _short(tensor: str | None) -> str:
-    """A fused TFLite tensor name's first part (``model_7/tf.nn.relu6_12/Relu6;...`` -> ``...Relu6``)."""
-    return "–" if tensor is None else tensor.split(";")[0]
-
-
-def layer_ledger_markdown(d: dict) -> str:
-    ap = d["st_ap"]
-    loo = any("st_ap_recovery" in r for r in d["layers"])
-    fmt = lambda v, spec=".1f": "–" if v is None else format(v, spec)  # noqa: E731
-    lines = [f"# Per-layer quantization ledger: `{d['model']}`", "",
-             f"`{d['int8_tflite']}` ({d['weight_granularity']} weights) against `{d['fp32_tflite']}`, "
-             f"{d['images']} images of `{d['data']}` at {d['input_size']}x{d['input_size']}.", "",
-             f"ST-AP (st20): PyTorch float {ap['pytorch_float']:.2f}, fake-quant all layers "
-             f"{ap['pytorch_fake_quant_all']:.2f}; TFLite float32 {ap['tflite_fp32']:.2f}, "
-             f"int8 {ap['tflite_int8']:.2f}.", "",
-             "- **ST-AP cost** = float ST-AP − ST-AP of the PyTorch fake-quant model with only that layer "
-             "quantized (a conv block's weights and output; a head conv's weights, its int8 output being "
-             f"the concatenation's; ranges {d['fake_quant_ranges']})."]
-    if loo:
-        lines.append("- **recovery** = ST-AP with every layer quantized but that one − ST-AP with all quantized.")
-    lines += ["- **SQNR** = 10 log10(Σx² / Σ(x_int8 − x)²) of the layer's int8 output tensor against the float32 "
-              "file's over all images: the error accumulated up to that layer.",
-              f"- **local SQNR**: the layer's own noise, its output in PyTorch with only it quantized vs none "
-              f"({d['local_sqnr_images']} images). **weight SQNR**: the int8 filter vs the float file's "
-              "BN-folded filter.", "- Worst first (cost, then SQNR).", "",
-              "| rank | module | TFLite tensor | kind | weights | SQNR dB | local SQNR dB | weight SQNR dB "
-              "| ST-AP alone | ST-AP cost |" + (" recovery |" if loo else ""),
-              "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if loo else "")]
-    for r in d["layers"]:
-        lines.append(f"| {r['rank']} | `{r['module']}` | `{_short(r['tensor'])}` | {r['kind']} | "
-                     f"{r['weight_granularity'] or '–'} | {fmt(r['sqnr_db'])} | {fmt(r['local_sqnr_db'])} | "
-                     f"{fmt(r['weight_sqnr_db'])} | {r['st_ap_alone']:.2f} | {r['st_ap_cost']:+.2f} |"
-                     + (f" {r['st_ap_recovery']:+.2f} |" if loo else ""))
-    t = d["timings_s"]
-    lines += ["", "TFLite tensor: the first part of the fused name (the full name is in the JSON).",
-              f"Timings (s): SQNR {t['sqnr']}, ST-AP costs {t['st_ap_costs']}, total {t['total']}."]
-    return "\n".join(lines) + "\n"
-
-
-def plot_layer_ledger(d: dict, png_path: str | os.PathLike, top: int | None = None) -> Path:
-    """Two bar charts sharing the layer axis, worst layer at the top: the ST-AP cost (and recovery,
-    with leave-one-out) and the SQNRs (output, local, weights). ``top``: only the worst N layers."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    rows = d["layers"][:top] if top else d["layers"]
-    n = len(rows)
-    y = np.arange(n)
-    height = 2.0 + 0.22 * n
-    fig = Figure(figsize=(12, height), dpi=100)
-    FigureCanvasAgg(fig)
-    ax_cost, ax_sqnr = fig.subplots(1, 2, sharey=True)
-    costs = [r["st_ap_cost"] for r in rows]
-    loo = all("st_ap_recovery" in r for r in rows) and n > 0
-    h = 0.4 if loo else 0.75
-    ax_cost.barh(y - (h / 2 if loo else 0), costs, height=h, label="cost: float − only this layer quantized",
-                 color=["tab:red" if c > 0 else "tab:gray" for c in costs])
-    if loo:
-        ax_cost.barh(y + h / 2, [r["st_ap_recovery"] for r in rows], height=h, color="tab:green",
-                     label="recovery: all but this layer − all quantized")
-    ax_cost.axvline(0.0, color="black", linewidth=0.6)
-    ax_cost.set_xlabel("ST-AP points")
-    ax_cost.set_yticks(y)
-    ax_cost.set_yticklabels([r["module"] for r in rows], fontsize=7)
-    clip = lambda v: np.nan if v is None else min(v, 80.0)  # noqa: E731
-    series = (("sqnr_db", "output, accumulated (int8 vs float32 TFLite)", "tab:blue"),
-              ("local_sqnr_db", "output, this layer alone (PyTorch)", "tab:purple"),
-              ("weight_sqnr_db", "weights", "tab:orange"))
-    for k, (key, label, color) in enumerate(series):
-        ax_sqnr.barh(y + (k - 1) * 0.27, [clip(r[key]) for r in rows], height=0.27, color=color, label=label)
-    ax_sqnr.set_xlabel("SQNR (dB, capped at 80)")
-    handles = []
-    for ax in (ax_cost, ax_sqnr):
-        ax.grid(True, axis="x", alpha=0.3)
-        ax.set_ylim(n - 0.5, -0.5)
-        handles += ax.get_legend_handles_labels()[0]
-    fig.legend(handles, [hd.get_label() for hd in handles], loc="lower center", ncol=3, fontsize=7, frameon=False)
-    ap = d["st_ap"]
-    fig.suptitle(f"Per-layer int8 ledger, {d['weight_granularity']} weights, {d['input_size']}px, "
-                 f"{d['images']} images — ST-AP: float {ap['pytorch_float']:.2f}, fake-quant "
-                 f"{ap['pytorch_fake_quant_all']:.2f}, TFLite int8 {ap['tflite_int8']:.2f} (worst layer on top)",
-                 fontsize=9)
-    fig.tight_layout(rect=(0, 0.55 / height, 1, 1))
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png")
-    return Path(png_path)
-
-
-def write_layer_ledger(d: dict, out_dir: str | os.PathLike, stem: str = "layer_ledger") -> tuple[Path, Path, Path]:
-    """``{stem}.json``, ``{stem}.md`` and ``{stem}.png`` in ``out_dir``, each written atomically."""
-    out_dir = Path(out_dir)
-    paths = out_dir / f"{stem}.json", out_dir / f"{stem}.md", out_dir / f"{stem}.png"
-    atomic_write_text(paths[0], json.dumps(d, indent=2) + "\n")
-    atomic_write_text(paths[1], layer_ledger_markdown(d))
-    plot_layer_ledger(d, paths[2])
-    return paths

@@ -1,7 +1,7 @@
 """PyTorch -> ONNX: TorchScript exporter, static batch 1, onnxsim, checker, onnxruntime parity.
 
 The TorchScript exporter (``dynamo=False``) is used because it converts correctly through onnx2tf
-even in the worst case measured (toolchain.md §5.6); onnxsim turns its dynamic pad/reshape
+even in the worst case measured when the toolchain was pinned; onnxsim turns its dynamic pad/reshape
 subgraphs into static ones so that onnx2tf sees plain Conv/Pad/Resize/Reshape/Softmax.
 """
 

@@ -26,6 +26,9 @@ TorchScript exporter (fake-quantize ops become Q/DQ pairs; ONNX accepts only int
 which symmetric weights never reach at -128, so the numbers are the same), onnxsim with mutable
 initializers (so constant weight Q/DQ chains are not folded back to float), then one graph pass
 stores weights as int8, biases as int32 and makes the input uint8.
+
+Checking a written file (its parity with the fake-quant model, its scales against the int8 TFLite
+file's): :mod:`.qdq_audit`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import copy
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssd_mnv1.backbone import ConvBN
+from ssd_mnv1.layers import ConvBN
 from ssd_mnv1.fileio import atomic_path
 from ssd_mnv1.model import SSDMobileNetV1
 from ssd_mnv1.preprocess import INPUT_SCALE, INPUT_ZERO_POINT
@@ -149,7 +151,7 @@ def check_exportable(model: nn.Module) -> None:
 # ---------------------------------------------------------------------------------- graph side
 
 
-class _Graph:
+class OnnxGraph:
     """Indexes over an ONNX graph for the rewrite: initializers by name and node producers."""
 
     def __init__(self, model):
@@ -226,7 +228,7 @@ def _storable_weight_scale(scale: np.ndarray, weight: np.ndarray, bias: np.ndarr
     return out
 
 
-def _quantize_convs(g: _Graph) -> int:
+def _quantize_convs(g: OnnxGraph) -> int:
     """Per conv: QuantizeLinear(float weight) -> DequantizeLinear becomes int8 initializer ->
     DequantizeLinear (zero point 0), and the float bias an int32 initializer -> DequantizeLinear at
     scale input_scale x weight_scale, as TFLite and onnxruntime's quantizer store them."""
@@ -264,7 +266,7 @@ def _quantize_convs(g: _Graph) -> int:
     return done
 
 
-def _quantize_input(g: _Graph) -> None:
+def _quantize_input(g: OnnxGraph) -> None:
     """The float input becomes uint8 raw pixels -> DequantizeLinear(1/127.5, 127): ST's contract."""
     from onnx import TensorProto, helper
 
@@ -280,7 +282,7 @@ def _quantize_input(g: _Graph) -> None:
     inp.type.tensor_type.elem_type = TensorProto.UINT8
 
 
-def _requantize_pass_through(g: _Graph) -> int:
+def _requantize_pass_through(g: OnnxGraph) -> int:
     """A Q/DQ pair with the input's parameters after each data-movement op, as onnxruntime's
     quantizer writes them, so QDQ consumers run these ops in int8 too."""
     from onnx import helper
@@ -310,7 +312,7 @@ def _requantize_pass_through(g: _Graph) -> int:
     return added
 
 
-def _prune_initializers(g: _Graph) -> None:
+def _prune_initializers(g: OnnxGraph) -> None:
     used = {x for n in g.graph.node for x in n.input} | {o.name for o in g.graph.output}
     keep = [t for t in g.graph.initializer if t.name in used]
     del g.graph.initializer[:]
@@ -319,7 +321,7 @@ def _prune_initializers(g: _Graph) -> None:
 
 def _check_structure(model) -> None:
     """What QDQ consumers rely on: int8 weights only, int32 biases, every conv reading a DQ."""
-    g = _Graph(model)
+    g = OnnxGraph(model)
     for node in g.graph.node:
         if node.op_type != "Conv":
             continue
@@ -357,7 +359,7 @@ def export_qdq_onnx(model: SSDMobileNetV1, path: str | os.PathLike, opset: int =
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix="ssd_mnv1_qdq_") as tmp:
         proto = _trace(model, Path(tmp) / "traced.onnx", opset)
-    g = _Graph(proto)
+    g = OnnxGraph(proto)
     _quantize_input(g)
     _requantize_pass_through(g)
     _quantize_convs(g)
@@ -369,265 +371,3 @@ def export_qdq_onnx(model: SSDMobileNetV1, path: str | os.PathLike, opset: int =
     with atomic_path(path) as tmp_file:
         onnx.save(proto, str(tmp_file))
     return path
-
-
-def qdq_parity(path: str | os.PathLike, model: SSDMobileNetV1, images: np.ndarray) -> dict[str, float]:
-    """Max |difference| of scores and offsets between onnxruntime on the QDQ file (uint8 NCHW raw
-    pixels) and the fake-quant model on the same pixels (uint8 NHWC ``images``)."""
-    import onnxruntime as ort
-
-    from ssd_mnv1.preprocess import normalize
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    diffs = {"scores": 0.0, "offsets": 0.0}
-    model = model.eval()
-    for image in images:
-        ort_out = session.run(["scores", "offsets"], {INPUT_NAME: image[None].transpose(0, 3, 1, 2).copy()})
-        with torch.no_grad():
-            pt = model(torch.from_numpy(normalize(image[None])).permute(0, 3, 1, 2))
-        for name, a, b in zip(diffs, ort_out, pt):
-            diffs[name] = max(diffs[name], float(np.abs(a - b.numpy()).max()))
-    return diffs
-
-
-# ------------------------------------------------------------------------- QDQ vs int8 TFLite
-
-
-@dataclass
-class _Conv:
-    """One conv of either file: int8 weights in PyTorch OIHW layout and its quantization."""
-
-    name: str
-    weight: np.ndarray
-    weight_scale: np.ndarray
-    bias_scale: np.ndarray | None
-    input_q: tuple[float, int]
-    output_q: tuple[float, int] | None
-
-
-def _qdq_convs(path: str | os.PathLike) -> tuple[list[_Conv], dict]:
-    import onnx
-
-    g = _Graph(onnx.load(str(path)))
-    convs = []
-    for node in g.graph.node:
-        if node.op_type != "Conv":
-            continue
-        w_dq = g.producer[node.input[1]]
-        b_dq = g.producer.get(node.input[2]) if len(node.input) > 2 else None
-        s_in, z_in = g.qdq_params(node.input[0])
-        z_in = int(z_in) - (128 if z_in.dtype == np.uint8 else 0)  # as int8, as TFLite's QUANTIZE makes it
-        out = node.output[0]
-        after = g.consumers(out)
-        if len(after) == 1 and after[0].op_type in ("Clip", "Relu"):
-            after = g.consumers(after[0].output[0])
-        q = next((n for n in after if n.op_type == "QuantizeLinear"), None)
-        output_q = (float(g.const(q.input[1])), int(g.const(q.input[2]))) if q is not None else None
-        convs.append(_Conv(node.name, g.const(w_dq.input[0]), np.atleast_1d(g.const(w_dq.input[1])),
-                           np.atleast_1d(g.const(b_dq.input[1])) if b_dq is not None else None,
-                           (float(s_in), int(z_in)), output_q))
-    (inp,) = [n for n in g.graph.node if INPUT_NAME in n.input]
-    extra = {"input": (float(g.const(inp.input[1])), int(g.const(inp.input[2]))),
-             "concat_outputs": _qdq_concat_quant(g), "softmax_output": _qdq_after(g, "Softmax")}
-    return convs, extra
-
-
-def _qdq_after(g: _Graph, op: str) -> tuple[float, int] | None:
-    for node in g.graph.node:
-        if node.op_type == op:
-            q = next((n for n in g.consumers(node.output[0]) if n.op_type == "QuantizeLinear"), None)
-            if q is not None:
-                return float(g.const(q.input[1])), int(g.const(q.input[2]))
-    return None
-
-
-#: Ops between a head concatenation and the softmax that leave the values as they are (QDQ pairs
-#: in the ONNX file, a RESHAPE in either).
-_TO_SOFTMAX = ("QuantizeLinear", "DequantizeLinear", "Reshape", "RESHAPE", "QUANTIZE", "DEQUANTIZE")
-
-
-def _concat_role(op_types_after: list[str]) -> str:
-    """``logits`` when a concatenation's output reaches a softmax through value-preserving ops
-    only, else ``offsets``. Read from the graph, not the width: with three classes the logits are
-    4 wide (1+C) like the offsets."""
-    for op in op_types_after:
-        if op in ("Softmax", "SOFTMAX"):
-            return "logits"
-        if op not in _TO_SOFTMAX:
-            break
-    return "offsets"
-
-
-def _qdq_concat_quant(g: _Graph) -> dict[str, tuple[float, int]]:
-    """Output quantization of the head concatenations, by role: ``logits`` (1+C wide, read by the
-    softmax) and ``offsets`` (4 wide)."""
-    out = {}
-    for node in g.graph.node:
-        if node.op_type != "Concat":
-            continue
-        q = next((n for n in g.consumers(node.output[0]) if n.op_type == "QuantizeLinear"), None)
-        if q is None:
-            continue
-        after, cur = [], node
-        while len(after) < 8:
-            nxt = g.consumers(cur.output[0])
-            if len(nxt) != 1:
-                break
-            cur = nxt[0]
-            after.append(cur.op_type)
-        out[_concat_role(after)] = (float(g.const(q.input[1])), int(g.const(q.input[2])))
-    return out
-
-
-def _tflite_convs(path: str | os.PathLike) -> tuple[list[_Conv], dict]:
-    from .tflite_edit import _schema
-
-    schema, fbu = _schema()
-    model = fbu.read_model(str(path))
-    sg = model.subgraphs[0]
-    B = schema.BuiltinOperator
-    names = {B.CONV_2D: "CONV_2D", B.DEPTHWISE_CONV_2D: "DEPTHWISE_CONV_2D"}
-
-    def quant(i: int) -> tuple[np.ndarray, np.ndarray] | None:
-        q = sg.tensors[i].quantization
-        if q is None or q.scale is None or len(q.scale) == 0:
-            return None
-        return np.asarray(q.scale, np.float64), np.asarray(q.zeroPoint, np.int64)
-
-    def per_tensor(i: int) -> tuple[float, int] | None:
-        q = quant(i)
-        return (float(q[0][0]), int(q[1][0])) if q is not None else None
-
-    convs, extra = [], {"concat_outputs": {}, "softmax_output": None}
-    readers: dict[int, list] = {}
-    for op in sg.operators:
-        for i in op.inputs:
-            readers.setdefault(int(i), []).append(op)
-
-    def op_name(op) -> str:
-        code = model.operatorCodes[op.opcodeIndex]
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-        return next((k for k, v in vars(B).items() if v == builtin and not k.startswith("_")), str(builtin))
-
-    def ops_after(op) -> list[str]:
-        after = []
-        while len(after) < 8 and len(readers.get(int(op.outputs[0]), [])) == 1:
-            op = readers[int(op.outputs[0])][0]
-            after.append(op_name(op))
-        return after
-
-    for k, op in enumerate(sg.operators):
-        code = model.operatorCodes[op.opcodeIndex]
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-        if builtin in names:
-            t_in, t_w = int(op.inputs[0]), int(op.inputs[1])
-            t_b = int(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
-            w_t = sg.tensors[t_w]
-            raw = np.frombuffer(bytes(model.buffers[w_t.buffer].data), np.int8).reshape(w_t.shape)
-            # CONV_2D: OHWI -> OIHW; DEPTHWISE_CONV_2D: 1HWC -> C1HW.
-            weight = raw.transpose(0, 3, 1, 2) if builtin == B.CONV_2D else raw.transpose(3, 0, 1, 2)
-            convs.append(_Conv(f"{names[builtin]}#{k}", weight, quant(t_w)[0],
-                               quant(t_b)[0] if t_b is not None and quant(t_b) else None,
-                               per_tensor(t_in), per_tensor(int(op.outputs[0]))))
-        elif builtin == B.CONCATENATION:
-            out = int(op.outputs[0])
-            if per_tensor(out) is not None:
-                extra["concat_outputs"][_concat_role(ops_after(op))] = per_tensor(out)
-        elif builtin == B.SOFTMAX:
-            extra["softmax_output"] = per_tensor(int(op.outputs[0]))
-    inp = int(sg.inputs[0])
-    extra["input"] = per_tensor(inp)
-    return convs, extra
-
-
-def _rel(a: np.ndarray | float, b: np.ndarray | float) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape and a.size != 1 and b.size != 1:
-        return float("inf")
-    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30)))
-
-
-def _match(qdq: list[_Conv], tfl: list[_Conv]) -> list[tuple[_Conv, _Conv, int]]:
-    """Pair each QDQ conv with the TFLite conv of the same weight shape whose int8 weights differ
-    in the fewest elements (0 when the two files quantized the same weights identically)."""
-    pairs, free = [], list(tfl)
-    for c in qdq:
-        same = [t for t in free if t.weight.shape == c.weight.shape]
-        if not same:
-            continue
-        best = min(same, key=lambda t: int(np.count_nonzero(t.weight != c.weight)))
-        pairs.append((c, best, int(np.count_nonzero(best.weight != c.weight))))
-        free.remove(best)
-    return pairs
-
-
-def compare_scales(qdq_path: str | os.PathLike, tflite_path: str | os.PathLike) -> dict:
-    """Evidence that a QDQ file and an int8 TFLite of the same model carry the same quantization.
-
-    Convs are paired by their int8 weights (layouts converted); per pair the weight scales, the
-    bias scales, the conv input's and output's activation scales and zero points are compared.
-    The head concatenations (``logits``, read by the softmax, and ``offsets``: by role, since with
-    three classes both are 4 wide), the softmax output and the input are compared too.
-    Returns a dict; :func:`format_scale_report` prints it.
-    """
-    qdq, q_extra = _qdq_convs(qdq_path)
-    tfl, t_extra = _tflite_convs(tflite_path)
-    pairs = _match(qdq, tfl)
-    rows = []
-    for c, t, diff in pairs:
-        rows.append({
-            "qdq": c.name, "tflite": t.name, "weight_elements": int(c.weight.size), "weight_elements_differing": diff,
-            "weight_scale_rel": _rel(c.weight_scale, t.weight_scale),
-            "weight_scale_count": (int(c.weight_scale.size), int(t.weight_scale.size)),
-            "bias_scale_rel": _rel(c.bias_scale, t.bias_scale) if c.bias_scale is not None and t.bias_scale is not None
-            else None,
-            "input_scale_rel": _rel(c.input_q[0], t.input_q[0]), "input_zp_diff": c.input_q[1] - t.input_q[1],
-            "output_scale_rel": _rel(c.output_q[0], t.output_q[0]) if c.output_q and t.output_q else None,
-            "output_zp_diff": c.output_q[1] - t.output_q[1] if c.output_q and t.output_q else None,
-        })
-
-    def worst(key: str, absolute: bool = False) -> float | None:
-        vals = [abs(r[key]) if absolute else r[key] for r in rows if r[key] is not None]
-        return max(vals) if vals else None
-
-    concat = {k: {"qdq": v, "tflite": t_extra["concat_outputs"].get(k),
-                  "scale_rel": _rel(v[0], t_extra["concat_outputs"][k][0]) if k in t_extra["concat_outputs"] else None,
-                  "zp_diff": v[1] - t_extra["concat_outputs"][k][1] if k in t_extra["concat_outputs"] else None}
-              for k, v in q_extra["concat_outputs"].items()}
-    return {
-        "qdq_convs": len(qdq), "tflite_convs": len(tfl), "matched": len(pairs),
-        "exact_weight_matches": sum(1 for r in rows if r["weight_elements_differing"] == 0),
-        "max_weight_elements_differing": worst("weight_elements_differing"),
-        "max_weight_scale_rel": worst("weight_scale_rel"), "max_bias_scale_rel": worst("bias_scale_rel"),
-        "max_input_scale_rel": worst("input_scale_rel"), "max_input_zp_diff": worst("input_zp_diff", True),
-        "max_output_scale_rel": worst("output_scale_rel"), "max_output_zp_diff": worst("output_zp_diff", True),
-        "input": {"qdq": q_extra["input"], "tflite": t_extra["input"]},
-        "concat_outputs": concat,
-        "softmax_output": {"qdq": q_extra["softmax_output"], "tflite": t_extra["softmax_output"]},
-        "convs": rows,
-    }
-
-
-def format_scale_report(report: dict) -> str:
-    """A short human summary of :func:`compare_scales`."""
-    def f(v) -> str:
-        return "–" if v is None else f"{v:.2e}" if isinstance(v, float) else str(v)
-
-    lines = [f"convs: {report['matched']} of {report['qdq_convs']} QDQ matched to {report['tflite_convs']} TFLite "
-             f"({report['exact_weight_matches']} with identical int8 weights; worst pair differs in "
-             f"{report['max_weight_elements_differing']} elements)",
-             f"max rel. diff: weight scales {f(report['max_weight_scale_rel'])}, bias scales "
-             f"{f(report['max_bias_scale_rel'])}, conv input scales {f(report['max_input_scale_rel'])} "
-             f"(zp diff {f(report['max_input_zp_diff'])}), conv output scales {f(report['max_output_scale_rel'])} "
-             f"(zp diff {f(report['max_output_zp_diff'])})",
-             f"input: QDQ {report['input']['qdq']} vs TFLite {report['input']['tflite']}",
-             f"softmax output: QDQ {report['softmax_output']['qdq']} vs TFLite {report['softmax_output']['tflite']}"]
-    off = [r["qdq"] for r in report["convs"] if r["output_scale_rel"] is not None and r["output_scale_rel"] > 1e-3]
-    if off:
-        lines.append(f"conv outputs whose scale differs by more than 0.1 %: {', '.join(off)}")
-    for k, v in sorted(report["concat_outputs"].items()):
-        lines.append(f"concat {k}: QDQ {v['qdq']} vs TFLite {v['tflite']} (scale rel {f(v['scale_rel'])}, "
-                     f"zp diff {f(v['zp_diff'])})")
-    return "\n".join(lines)

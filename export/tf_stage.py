@@ -2,7 +2,7 @@
 
 onnx2tf writes only the float SavedModel here; quantization is done by TensorFlow's own converter
 with builtin int8 ops only, so a Flex/select-TF op fails loudly instead of slipping in (onnx2tf's
-int8 path allows SELECT_TF_OPS). Workarounds for onnx2tf, each measured in toolchain.md §5:
+int8 path allows SELECT_TF_OPS). Workarounds for onnx2tf, each found by measurement:
 it downloads a calibration sample on every run (we provide the file so it never goes online) and
 it shells out to the ``onnxsim`` CLI (we put the venv's bin on PATH and fail if it was not found).
 """

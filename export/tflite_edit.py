@@ -4,7 +4,7 @@ TensorFlow folds the anchors (a constant) out of the graph and orders outputs it
 files have three float32 outputs, in this order: scores (1,NA,1+C), offsets (1,NA,4), anchors
 (1,NA,4), the anchors being an int8 constant tiled over the batch, then DEQUANTIZE. This module
 appends the anchors the same way (a float constant + TILE in float files) and fixes the output
-order and the signature, using TensorFlow's own flatbuffer schema bindings.
+order and the signature, on the flatbuffer's object tree from :mod:`ssd_mnv1.tflite_file`.
 
 The static-batch variant (``--mcu``, for TensorFlow Lite Micro, which has no TILE kernel and no
 dynamic shapes) appends the anchors without the batch: the int8 constant (NA,4), RESHAPE to
@@ -16,14 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ssd_mnv1.tflite_file import Graph, builtin_code, parse, read, schema as tflite_schema, to_bytes
+
 OUTPUT_NAMES = ("scores", "offsets", "anchors")
-
-
-def _schema():
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    return schema, flatbuffer_utils
 
 
 def int8_affine(values: np.ndarray) -> tuple[float, int, np.ndarray]:
@@ -38,7 +33,7 @@ def int8_affine(values: np.ndarray) -> tuple[float, int, np.ndarray]:
 def _opcode_index(model, schema, builtin: int, version: int = 1) -> int:
     """Index of an opcode entry for ``builtin`` with at least ``version`` (added if missing)."""
     for i, code in enumerate(model.operatorCodes):
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+        if builtin_code(code) == builtin:
             code.version = max(code.version, version)
             return i
     code = schema.OperatorCodeT()
@@ -131,23 +126,20 @@ def _static_anchors(model, sg, schema, anchors: np.ndarray, out_i: int, quantize
 _AFTER_SOFTMAX = ("DEQUANTIZE", "QUANTIZE", "RESHAPE")
 
 
-def _comes_from_softmax(model, sg, schema, tensor: int) -> bool:
+def _comes_from_softmax(graph: Graph, tensor: int) -> bool:
     """Whether output ``tensor`` is a SOFTMAX's result (through DEQUANTIZE / QUANTIZE / RESHAPE).
 
     The scores are told from the offsets by the op that computes them, not by their width: a
     three-class model's scores are 4 wide (background + 3), as the offsets are.
     """
-    B = schema.BuiltinOperator
-    producer = {int(o): op for op in sg.operators for o in op.outputs}
+    producer = graph.producers()
     for _ in range(8):
-        op = producer.get(int(tensor))
+        op = producer.get(tensor)
         if op is None:
             return False
-        code = model.operatorCodes[op.opcodeIndex]
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-        if builtin == B.SOFTMAX:
+        if op.name == "SOFTMAX":
             return True
-        if builtin not in [getattr(B, name) for name in _AFTER_SOFTMAX]:
+        if op.name not in _AFTER_SOFTMAX:
             return False
         tensor = op.inputs[0]
     return False
@@ -162,17 +154,18 @@ def finalize_outputs(tflite: bytes, anchors: np.ndarray, *, quantized: bool, sta
     (``--mcu``); the anchors are the constant itself, RESHAPEd to (1,NA,4) (and DEQUANTIZEd when
     ``quantized``): no op depends on the batch.
     """
-    schema, fbu = _schema()
-    model = fbu.convert_bytearray_to_object(bytearray(tflite))
-    if len(model.subgraphs) != 1:
-        raise ValueError(f"expected one subgraph, found {len(model.subgraphs)}")
-    sg = model.subgraphs[0]
-    outs = list(sg.outputs)
-    shapes = {i: tuple(sg.tensors[i].shape) for i in outs}
+    schema = tflite_schema()
+    file = parse(tflite, "the converted TFLite model")
+    model = file.flatbuffer
+    if len(file.graphs) != 1:
+        raise ValueError(f"expected one subgraph, found {len(file.graphs)}")
+    graph, sg = file.main, model.subgraphs[0]
+    outs = list(graph.outputs)
+    shapes = {i: graph.tensors[i].shape for i in outs}
     na = anchors.shape[0]
     if len(outs) != 2:
         raise ValueError(f"expected 2 outputs (scores, offsets) before adding anchors, found {len(outs)}: {shapes}")
-    softmax = [i for i in outs if _comes_from_softmax(model, sg, schema, i)]
+    softmax = [i for i in outs if _comes_from_softmax(graph, i)]
     if len(softmax) != 1 or shapes[softmax[0]][:2] != (1, na):
         raise ValueError(f"cannot tell scores from offsets in outputs {shapes}: expected one (1, {na}, 1+C) "
                          f"output computed by a SOFTMAX, found {len(softmax)}")
@@ -213,21 +206,9 @@ def finalize_outputs(tflite: bytes, anchors: np.ndarray, *, quantized: bool, sta
             m.tensorIndex = int(idx)
             maps.append(m)
         sig.outputs = maps
-    return bytes(fbu.convert_object_to_bytearray(model))
+    return to_bytes(model)
 
 
 def op_list(tflite_path) -> list[str]:
     """Builtin op names of a TFLite file, in graph order (custom/Flex ops by their custom code)."""
-    schema, fbu = _schema()
-    model = fbu.read_model(str(tflite_path))
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    ops = []
-    for sg in model.subgraphs:
-        for op in sg.operators:
-            code = model.operatorCodes[op.opcodeIndex]
-            builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-            if builtin == schema.BuiltinOperator.CUSTOM:
-                ops.append(f"CUSTOM:{code.customCode.decode() if code.customCode else '?'}")
-            else:
-                ops.append(names.get(builtin, str(builtin)))
-    return ops
+    return read(tflite_path).operator_names()

@@ -6,8 +6,8 @@ Importing this package never imports TensorFlow; the exporter's heavy dependenci
 
 from .anchors import generate_anchors
 from .box_coder import decode, encode
-from .loading import MODEL_SUFFIXES, load_model, load_weights
-from .model import SSDMobileNetV1, build_model
+from .loading import MODEL_SUFFIXES, build_model, load_model, load_weights
+from .model import SSDMobileNetV1
 from .postprocess import Detections, postprocess
 from .preprocess import load_image, preprocess, resize
 from .specs import SUPPORTED_ALPHAS, SUPPORTED_INPUT_SIZES, resolution_spec

@@ -1,4 +1,4 @@
-"""Anchor generation with ST's constants (st_reference.md §3.2).
+"""Anchor generation with ST's constants (docs/st_model.md §3.2).
 
 Anchors are normalized ``x1, y1, x2, y2`` and **not clipped** (ST's ``clip_boxes=False``), ordered
 level (finest first), row, column, anchor. They are computed in float64 with ST's arithmetic (pixel

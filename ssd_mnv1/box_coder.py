@@ -1,4 +1,4 @@
-"""ST's box coder: corner offsets normalized by the anchor size (st_reference.md §3.3-3.4).
+"""ST's box coder: corner offsets normalized by the anchor size (docs/st_model.md §3.3-3.4).
 
 No variances, no log-space, no centre/size parametrization: each corner moves by a fraction of
 the anchor's width or height.

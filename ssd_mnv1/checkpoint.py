@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .fileio import atomic_torch_save, existing_file
-from .model import build_model
+from .model import SSDMobileNetV1
 
 MODEL_PREFIX = "model."
 MODEL_HPARAMS = ("alpha", "input_size", "num_classes")
@@ -52,7 +52,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     missing = [k for k in MODEL_HPARAMS if k not in hp]
     if missing:
         raise ValueError(f"{path}: hyper_parameters lack {', '.join(missing)}")
-    model = build_model(**{k: hp[k] for k in MODEL_HPARAMS}, class_names=hp.get("class_names"))
+    model = SSDMobileNetV1(**{k: hp[k] for k in MODEL_HPARAMS}, class_names=hp.get("class_names"))
     if hp.get("qat"):
         from .quantization import prepare_qat
         from .quantization.qat import remap_legacy_qat_state

@@ -12,8 +12,11 @@ import sys
 import warnings
 from typing import Callable, NoReturn
 
-#: Errors that describe bad input; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+from .fileio import OutputError
+
+#: Errors that describe bad input or an output that cannot be written (:mod:`ssd_mnv1.fileio`);
+#: anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, OutputError)
 
 
 def user_message(exc: BaseException) -> str:
@@ -28,6 +31,11 @@ def user_message(exc: BaseException) -> str:
     name = re.escape(type(exc).__name__)
     found = list(re.finditer(rf"^(?:[\w.]+\.)?{name}: (.*)", text, flags=re.M | re.S))
     return found[-1].group(1).strip() if found else text
+
+
+def split_names(values: list[str]) -> list[str]:
+    """Names given as separate arguments and/or comma-separated (``--classes person,sign crate``)."""
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

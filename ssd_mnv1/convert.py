@@ -9,14 +9,16 @@ import argparse
 
 from .checkpoint import save_checkpoint
 from .cli import run
+from .fileio import output_file
 from .loading import load_model
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ssd_mnv1.convert", description=__doc__.split("\n")[0])
-    parser.add_argument("h5", help="ST detector .h5 file")
+    parser.add_argument("h5", help="ST detector .h5 file, or its model zoo name (st_ssd_mobilenet_v1_025_224, ...)")
     parser.add_argument("out", help="output checkpoint path (.ckpt)")
     args = parser.parse_args(argv)
+    output_file(args.out, "output checkpoint")
     model = load_model(args.h5)
     path = save_checkpoint(model, args.out, source=str(args.h5))
     hp = model.architecture()

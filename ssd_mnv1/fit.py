@@ -26,9 +26,10 @@ from pathlib import Path
 
 from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
 from .cli import run
+from .fileio import atomic_path, output_folder, write_failure
 from .progress import is_terminal
 from .training import DetectionDataModule, LearningCurves, LogProgressBar, NonFiniteLossError, SSDLightningModule
 from .training.threads import AdaptiveThreads
@@ -84,6 +85,21 @@ def _with_tensorboard(logger, default_root_dir):
                                         default_hp_metric=False)]
 
 
+class AtomicSaveConfig(SaveConfigCallback):
+    """LightningCLI's ``config.yaml`` in the run folder, written atomically (a full disk leaves no
+    truncated config); always overwritten (``--ckpt_path last`` reruns write it again)."""
+
+    def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
+        log_dir = None if self.already_saved else trainer.log_dir  # a collective call: every rank
+        if log_dir is None or "://" in str(log_dir):  # remote folders: Lightning's own writer
+            return super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero:
+            with atomic_path(Path(log_dir) / self.config_filename) as tmp:
+                self.parser.save(self.config, str(tmp), skip_none=False, overwrite=True, multifile=self.multifile)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+
 class SSDLightningCLI(LightningCLI):
     """LightningCLI with linked model/data options, required ``???`` values, and a last checkpoint.
 
@@ -98,6 +114,17 @@ class SSDLightningCLI(LightningCLI):
     into the run folder (:class:`LearningCurves`); when stdout is not a terminal the progress bar
     prints plain lines (:class:`LogProgressBar`); ``--tensorboard true`` adds a TensorBoard logger.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.output_root: str | None = None
+        try:
+            super().__init__(*args, **{"save_config_callback": AtomicSaveConfig, **kwargs})
+        except OSError as exc:  # a full disk, a folder made read-only under a run: one error line
+            error = write_failure(exc, exc.filename or self.output_root or os.getcwd(),
+                                  left="the run stopped (--ckpt_path last resumes from the last checkpoint)")
+            if error is None:
+                raise
+            raise error from exc
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.input_size", "data.input_size")
@@ -119,11 +146,15 @@ class SSDLightningCLI(LightningCLI):
         return config[self.subcommand] if self.subcommand else config
 
     def before_instantiate_classes(self) -> None:
-        missing = _required_left(self._subconfig(self.config).as_dict())
+        config = self._subconfig(self.config)
+        missing = _required_left(config.as_dict())
         if missing:
             raise ValueError(f"missing required option{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
                              f"(the config leaves {REQUIRED}): give {'them' if len(missing) > 1 else 'it'} "
                              "on the command line")
+        root = config.get("trainer", {}).get("default_root_dir")
+        if root is not None:  # checkpoints, logs and reports go there: a bad folder fails before the data loads
+            self.output_root = str(output_folder(root, "--trainer.default_root_dir"))
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         config = self._subconfig(self.config_init)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbone import ConvBN
+from .layers import ConvBN
 from .specs import ANCHORS_PER_LOCATION, FPN_CHANNELS, ResolutionSpec
 
 

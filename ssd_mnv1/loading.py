@@ -2,16 +2,24 @@
 
 :func:`load_model` opens ST's detector ``.h5`` (through the Keras importer) and the project's or
 Lightning's ``.ckpt`` (float or QAT); :func:`load_weights` puts a file's weights into a model built
-by :func:`ssd_mnv1.build_model` (an ImageNet ``.h5`` fills the backbone only). ONNX and TFLite
+by :func:`build_model` (an ImageNet ``.h5`` fills the backbone only). ONNX and TFLite
 files are deployed graphs, not PyTorch models: :func:`ssd_mnv1.runners.open_runner` runs every kind.
+Wherever a model file is asked for, a name of :data:`ssd_mnv1.zoo.MODEL_ZOO` (ST's released files,
+e.g. ``st_ssd_mobilenet_v1_025_224``) is downloaded once and used (:mod:`ssd_mnv1.hub`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch import nn
+
+from .checkpoint import load_checkpoint
+from .hub import resolve_model_file
+from .model import SSDMobileNetV1
+from .weights import load_keras_h5, read_keras_h5
 
 #: Model file kinds and their suffixes (lower case); every tool accepts exactly these.
 MODEL_SUFFIXES = {
@@ -34,9 +42,7 @@ def model_format(path: str | os.PathLike) -> str:
 
 
 def _existing(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such model file")
+    path = resolve_model_file(path)  # a model zoo name becomes its downloaded file
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a folder, not a model file")
     return path
@@ -44,16 +50,13 @@ def _existing(path: str | os.PathLike) -> Path:
 
 def load_model(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
     """The :class:`~ssd_mnv1.SSDMobileNetV1` in an ST detector ``.h5`` or a ``.ckpt`` (QAT ones come
-    back prepared for QAT, with their calibrated ranges)."""
+    back prepared for QAT, with their calibrated ranges), or of a model zoo name
+    (``load_model("st_ssd_mobilenet_v1_025_224")``: ST's float file, downloaded once)."""
     path = _existing(path)
     kind = model_format(path)
     if kind == "checkpoint":
-        from .checkpoint import load_checkpoint
-
         return load_checkpoint(path, map_location)
     if kind == "keras":
-        from .weights import load_keras_h5, read_keras_h5
-
         keras_file = read_keras_h5(path)
         if not keras_file.is_detector:
             raise ValueError(f"{path}: a Keras MobileNet backbone (ImageNet) file, not a detector; use it "
@@ -74,8 +77,6 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     path = _existing(path)
     kind = model_format(path)
     if kind == "keras":
-        from .weights import load_keras_h5
-
         return load_keras_h5(path, model)
     source = load_model(path)
     if list(source.class_names) != list(model.class_names):
@@ -90,4 +91,20 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     if missing:
         raise ValueError(f"{path}: weights lack {missing[:5]}")
     model.load_state_dict(state, strict=False)
+    return model
+
+
+def build_model(alpha: float = 0.25, input_size: int = 224, num_classes: int | None = None,
+                weights: str | os.PathLike | None = None, class_names: Sequence[str] | None = None) -> SSDMobileNetV1:
+    """Build ST's SSD-MobileNetV1 with Keras initialisers, then load ``weights`` if given.
+
+    ``weights``: a Keras-Applications MobileNet ImageNet ``.h5`` (backbone only), or any detector
+    file :func:`ssd_mnv1.load_model` opens (an ST ``.h5``, a float or QAT checkpoint: its float
+    weights), which must describe this architecture; or a model zoo name
+    (``mobilenet_v1_025_224_imagenet``, ``st_ssd_mobilenet_v1_025_224``, ...). ``class_names`` (or ``num_classes``, see
+    :func:`resolve_class_names`) sets the classes; one class is ``person`` by default.
+    """
+    model = SSDMobileNetV1(alpha=alpha, input_size=input_size, num_classes=num_classes, class_names=class_names)
+    if weights is not None:
+        load_weights(model, weights)
     return model

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 
 import torch
@@ -125,20 +124,3 @@ def _keras_init(conv: nn.Conv2d, kind: str) -> None:
             nn.init.trunc_normal_(conv.weight, 0.0, std, -2 * std, 2 * std)
         if conv.bias is not None:
             conv.bias.zero_()
-
-
-def build_model(alpha: float = 0.25, input_size: int = 224, num_classes: int | None = None,
-                weights: str | os.PathLike | None = None, class_names: Sequence[str] | None = None) -> SSDMobileNetV1:
-    """Build ST's SSD-MobileNetV1 with Keras initialisers, then load ``weights`` if given.
-
-    ``weights``: a Keras-Applications MobileNet ImageNet ``.h5`` (backbone only), or any detector
-    file :func:`ssd_mnv1.load_model` opens (an ST ``.h5``, a float or QAT checkpoint: its float
-    weights), which must describe this architecture. ``class_names`` (or ``num_classes``, see
-    :func:`resolve_class_names`) sets the classes; one class is ``person`` by default.
-    """
-    model = SSDMobileNetV1(alpha=alpha, input_size=input_size, num_classes=num_classes, class_names=class_names)
-    if weights is not None:
-        from .loading import load_weights
-
-        load_weights(model, weights)
-    return model

@@ -1,4 +1,4 @@
-"""ST's extra layers and FPN-lite neck (st_reference.md §2.2-2.3).
+"""ST's extra layers and FPN-lite neck (docs/st_model.md §2.2-2.3).
 
 Laterals are 1x1 conv + BN with no activation; the top level is a 1x1 conv + BN on the global
 average of the last extra block; the top-down path adds bilinear x2 upsamplings (Keras
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import ConvBN, DepthwiseSeparable
+from .layers import ConvBN, DepthwiseSeparable
 from .specs import FPN_CHANNELS, ResolutionSpec
 
 

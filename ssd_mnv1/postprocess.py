@@ -1,7 +1,7 @@
 """Post-processing outside the network, as ST does: decode, score threshold, per-class NMS, top-k.
 
 One function, three recipes (:data:`VARIANTS`): what the firmware keeps (``deploy``) and what each
-version of ST's AP evaluator scores (``st20``, ``st25``; st_reference.md §6). Published ST-AP
+version of ST's AP evaluator scores (``st20``, ``st25``; docs/st_model.md §6). Published ST-AP
 figures depend on every detail of the latter, down to the order of equal scores.
 """
 

@@ -9,70 +9,19 @@ extra; a file exported with ``--mcu``) instead of LiteRT. Boxes are named with t
 stored classes; an ``.onnx`` / ``.tflite`` stores none, so ``--classes`` names them (default
 ``person`` for a one-class file). For each image DIR gets ``<name>.png`` with boxes, names and
 scores drawn, and ``detections.json`` lists the classes and every detection (``class_id``,
-``label`` = its name, score, box in original-image pixels), and which runner made them.
+``label`` = its name, score, box in original-image pixels), and which runner made them. The
+library is :mod:`ssd_mnv1.prediction`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-
-import numpy as np
-from PIL import Image, ImageDraw
 
 from .cli import run
-from .fileio import atomic_path, atomic_write_text
-from .postprocess import Detections, postprocess
-from .preprocess import IMAGE_SUFFIXES, is_image_file, load_image, resize
-from .runners import INT8_INPUT_MODES, model_class_names
-from .tflm import RUNTIMES
-
-COLOURS = ((255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 64, 255))
-
-
-def expand_images(paths: list[str]) -> list[Path]:
-    """Files as given, folders expanded (sorted) to the images they contain."""
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if is_image_file(f))
-            if not found:
-                raise ValueError(f"{p}: folder contains no images ({', '.join(IMAGE_SUFFIXES)})")
-            out += found
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such image file or folder")
-    return out
-
-
-def draw(image: np.ndarray, boxes_px: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-         class_names: list[str]) -> Image.Image:
-    """The image with one rectangle and a "name score" tag per detection."""
-    im = Image.fromarray(image)
-    canvas = ImageDraw.Draw(im)
-    width = max(2, round(min(im.size) / 200))
-    for (ax, ay, bx, by), score, label in zip(boxes_px.tolist(), scores.tolist(), labels.tolist()):
-        # Corner coding can decode x2 < x1 (an untrained model does): draw the box it spans.
-        x1, y1, x2, y2 = min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)
-        colour = COLOURS[(label - 1) % len(COLOURS)]
-        canvas.rectangle((x1, y1, x2, y2), outline=colour, width=width)
-        name = class_names[label - 1] if 0 < label <= len(class_names) else str(label)
-        text = f"{name} {score:.2f}"
-        left, top, right, bottom = canvas.textbbox((x1, y1), text)
-        ty = y1 - (bottom - top) - 2 * width if y1 - (bottom - top) - 2 * width > 0 else y1
-        canvas.rectangle((x1, ty, x1 + (right - left) + 2 * width, ty + (bottom - top) + 2 * width), fill=colour)
-        canvas.text((x1 + width, ty + width - (top - y1)), text, fill=(255, 255, 255))
-    return im
-
-
-def predict_image(runner, path: Path, *, score: float, iou: float, max_det: int) -> tuple[np.ndarray, Detections]:
-    image = load_image(path)
-    outputs = runner(resize(image, runner.input_size)[None])
-    det = postprocess(*outputs, variant="deploy", score_threshold=score, iou_threshold=iou,
-                      max_detections=max_det)[0]
-    return image, det
+from .fileio import atomic_path, atomic_write_text, output_folder
+from .prediction import annotate, expand_images
+from .runners import INT8_INPUT_MODES, RUNTIMES, model_class_names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,31 +46,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from .runners import open_runner
 
+    out = output_folder(args.out, "--out")
     images = expand_images(args.images)
     if args.runtime == "tflm":
-        from .tflm import open_tflm_runner
+        from .runners import open_tflm_runner
 
         runner = open_tflm_runner(args.model, int8_input=args.int8_input)
     else:
         runner = open_runner(args.model, int8_input=args.int8_input)
     names = list(model_class_names(runner, args.classes, args.model))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     report = []
     for path in images:
-        image, det = predict_image(runner, path, score=args.score, iou=args.iou, max_det=args.max_det)
-        h, w = image.shape[:2]
-        boxes_px = det.to_pixels(w, h).numpy()
-        drawn = draw(image, boxes_px, det.scores.numpy(), det.labels.numpy(), names)
+        drawn, entry = annotate(runner, path, names, score=args.score, iou=args.iou, max_det=args.max_det)
         with atomic_path(out / f"{path.stem}.png") as tmp:
             drawn.save(tmp, format="PNG")
-        report.append({
-            "image": str(path), "width": w, "height": h,
-            "detections": [{"class_id": int(c), "label": names[int(c) - 1],
-                            "score": round(float(s), 5), "box": [round(float(v), 2) for v in b]}
-                           for b, s, c in zip(boxes_px, det.scores, det.labels)],
-        })
-        print(f"{path}: {len(det)} detection(s) -> {out / (path.stem + '.png')}")
+        report.append(entry)
+        print(f"{path}: {len(entry['detections'])} detection(s) -> {out / (path.stem + '.png')}")
     atomic_write_text(out / "detections.json", json.dumps({"model": str(args.model), "runner": runner.name,
                                                           "classes": names, "score_threshold": args.score,
                                                           "images": report}, indent=2) + "\n")

@@ -10,11 +10,14 @@ line, and one at the end. The lines keep tqdm's wording::
     evaluate float @192: 100% 87/87 [00:41<00:00, 2.11batch/s]
 
 Both answer the tqdm calls the project uses: iteration, ``with``, ``update(n)``, ``close()``,
-``set_postfix``, ``set_description``, ``write``.
+``set_postfix``, ``set_description``, ``write``. :func:`progress_line` and :func:`format_interval`
+are the one formatter of such lines, also used by the training CLI's log progress bar
+(:class:`ssd_mnv1.training.LogProgressBar`).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -32,6 +35,33 @@ def is_terminal(stream: Any) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError, OSError):  # no isatty, or closed
         return False
+
+
+def format_interval(seconds: float) -> str:
+    """``[H:]MM:SS``, as tqdm writes elapsed and remaining times."""
+    from tqdm import tqdm
+
+    return tqdm.format_interval(seconds)
+
+
+def progress_line(n: float, total: float | None, elapsed: float, *, desc: str = "", unit: str = "it",
+                  unit_scale: bool = False, postfix: str | None = None, initial: float = 0) -> str:
+    """One progress line in tqdm's words, without its bar (the rate always as ``<unit>/s``)::
+
+        evaluate float @192:  50% 44/87 [00:21<00:20, 2.07batch/s]
+
+    ``total`` None (or infinite): ``desc: 44batch [00:21, 2.07batch/s]``. The rate counts from
+    ``initial`` (a resumed download)."""
+    from tqdm import tqdm
+
+    if total is not None and not math.isfinite(total):
+        total = None
+    rate = (n - initial) / elapsed if elapsed > 0 else None
+    fmt = "{desc}{percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
+    if total is None:
+        fmt = "{desc}{n_fmt}{unit} [{elapsed}, {rate_noinv_fmt}{postfix}]"
+    return tqdm.format_meter(n, total, elapsed, prefix=f"{desc}: " if desc else "", unit=unit,
+                             unit_scale=unit_scale, rate=rate, postfix=postfix or None, bar_format=fmt)
 
 
 def progress(iterable: Iterable | None = None, desc: str | None = None, total: float | None = None, *,
@@ -141,17 +171,10 @@ class LogProgress:
         return (int(n / step) + 1) * step
 
     def line(self, now: float | None = None) -> str:
-        """The current state in tqdm's words, without its bar (the rate always as ``<unit>/s``)."""
-        from tqdm import tqdm
-
+        """The current state as :func:`progress_line` words it."""
         elapsed = (time.monotonic() if now is None else now) - self.start_t
-        rate = (self.n - self.initial) / elapsed if elapsed > 0 else None
-        fmt = "{desc}{percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
-        if self.total is None:
-            fmt = "{desc}{n_fmt}{unit} [{elapsed}, {rate_noinv_fmt}{postfix}]"
-        return tqdm.format_meter(self.n, self.total, elapsed, prefix=f"{self.desc}: " if self.desc else "",
-                                 unit=self.unit, unit_scale=self.unit_scale, rate=rate,
-                                 postfix=self.postfix or None, bar_format=fmt)
+        return progress_line(self.n, self.total, elapsed, desc=self.desc, unit=self.unit,
+                             unit_scale=self.unit_scale, postfix=self.postfix, initial=self.initial)
 
     def _write(self, now: float) -> None:
         self._last_t = now

@@ -87,7 +87,7 @@ _ST_256 = ResolutionSpec(
     top_head_kernel=1,
 )
 
-#: ST's three graphs as read from its files (st_reference.md §2); :func:`derive_spec` must equal them.
+#: ST's three graphs as read from its files (docs/st_model.md §2); :func:`derive_spec` must equal them.
 ST_SPECS = {
     192: ResolutionSpec(
         input_size=192,

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import Counter
 
-from .cli import run
-from .training.synthetic import LAYOUTS, SHAPES, check_output_folder, check_shape_names, write_synthetic_dataset
+from .cli import run, split_names
+from .training.synthetic import LAYOUTS, SHAPES, box_counts, write_synthetic_dataset
+
+#: write_synthetic_dataset's parameters as this command's errors name them.
+OPTIONS = {"out": "--out", "class_names": "--classes", "num_images": "--images", "size": "--size",
+           "max_objects": "--max-objects"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,33 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    # Checked here too so that each error names the option at fault, before anything is drawn.
-    classes = check_shape_names([c.strip() for name in args.classes for c in name.split(",") if c.strip()],
-                                "--classes")
-    for option, value, least in (("--images", args.images, 1), ("--size", args.size, 64),
-                                 ("--max-objects", args.max_objects, 1)):
-        if value < least:
-            raise ValueError(f"{option} must be at least {least}, got {value}")
-    check_output_folder(args.out, args.overwrite, "--out")
-
+    classes = split_names(args.classes)
     start = time.perf_counter()
     roots = write_synthetic_dataset(args.out, classes, args.images, seed=args.seed, size=args.size,
                                     layout=args.layout, max_objects=args.max_objects, overwrite=args.overwrite,
-                                    progress=not args.quiet)
-    counts = _box_counts(next(iter(roots.values())), classes)
+                                    progress=not args.quiet, names=OPTIONS)
+    counts = box_counts(next(iter(roots.values())), classes)
     print(f"wrote {args.images} images {args.size}x{args.size}, {sum(counts.values())} boxes "
           f"({', '.join(f'{n} {counts[n]}' for n in classes)}) in {time.perf_counter() - start:.1f} s")
     for layout, root in roots.items():
         print(f"  {layout}: {root}")
     print(f"open with ssd_mnv1.data.open_dataset(PATH, class_names={classes!r})")
     return 0
-
-
-def _box_counts(root, classes: list[str]) -> Counter:
-    from .data import open_dataset
-
-    dataset = open_dataset(root, class_names=classes)
-    return Counter(classes[int(label) - 1] for r in dataset.records for label in r.labels)
 
 
 if __name__ == "__main__":

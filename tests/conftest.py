@@ -20,9 +20,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 @pytest.fixture(scope="session", autouse=True)
 def image_cache_dir(tmp_path_factory) -> Path:
-    """Decoded-image caches of the tests go to a temporary folder, not the user's ~/.cache."""
+    """Decoded-image caches and zoo downloads of the tests go to temporary folders, not the user's ~/.cache."""
     folder = tmp_path_factory.mktemp("image_cache")
     os.environ["SSD_MNV1_CACHE"] = str(folder)
+    os.environ["SSD_MNV1_HOME"] = str(tmp_path_factory.mktemp("zoo_home"))
     return folder
 
 SHARED = Path(os.environ.get("SSD_MNV1_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -35,21 +36,6 @@ def reference_dir() -> Path:
     if not (reference / "test_vectors").is_dir():
         pytest.skip(f"ST reference files not present at {reference}")
     return reference
-
-
-@pytest.fixture(scope="session")
-def bench_script():
-    """``bench_script("int8_runtimes")``: a script of ``bench/`` imported as a module (its ``main``)."""
-    import importlib.util
-
-    def load(name: str):
-        path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-    return load
 
 
 @pytest.fixture(scope="session")

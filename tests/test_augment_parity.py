@@ -4,20 +4,19 @@ measures against ST's own code: no ST code or imgaug needed here."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED
 from torchvision import tv_tensors
 
 from ssd_mnv1.training import (NO_AUGMENTATION, Augmentation, DetectionCollate, DetectionDataModule,
                                DetectionSamples, SyntheticPersons)
 from ssd_mnv1.training import augment as A
 
-COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco2017_person_train"
-if not COCO.exists():
-    COCO = Path("/work/shared/data/coco2017_person_train")
+#: Real training images where ../shared has them (SSD_MNV1_SHARED overrides); generated ones otherwise.
+COCO = SHARED / "data" / "coco2017_person_train"
 
 
 def _dataset(n=4):

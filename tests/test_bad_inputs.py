@@ -586,6 +586,7 @@ def st_ap(metrics_json: Path) -> float:
 
 
 @pytest.mark.parametrize("name", list(ERRORS))
+@pytest.mark.slow
 def test_bad_input_fails_with_one_line_naming_file_and_fault(name, tmp_path, ckpt):
     """Exit 2 and a single ``error:`` line with the path, line/field and fault - no traceback."""
     argv, fragments = ERRORS[name](tmp_path, ckpt)
@@ -612,6 +613,7 @@ BROKEN_MODEL_FILES = {
 
 @pytest.mark.parametrize("broken", list(BROKEN_MODEL_FILES))
 @pytest.mark.parametrize("cli", list(MODEL_CLIS))
+@pytest.mark.slow
 def test_every_cli_opening_a_model_gives_one_error_line_for_a_broken_file(cli, broken, tmp_path, ckpt):
     """All model files are opened by one loader, so every CLI reports a broken one the same way."""
     name, content, fault = BROKEN_MODEL_FILES[broken]
@@ -621,6 +623,7 @@ def test_every_cli_opening_a_model_gives_one_error_line_for_a_broken_file(cli, b
 
 
 @pytest.mark.parametrize("name", list(SKIPS))
+@pytest.mark.slow
 def test_skipped_input_is_counted_in_one_warning_and_the_rest_evaluated(name, tmp_path, ckpt):
     """What is left out is reported with its count; the good box still scores 100."""
     argv, fragments = SKIPS[name](tmp_path, ckpt)
@@ -635,6 +638,7 @@ def test_skipped_input_is_counted_in_one_warning_and_the_rest_evaluated(name, tm
 
 
 @pytest.mark.parametrize("name", list(WORKS))
+@pytest.mark.slow
 def test_unusual_but_valid_images_evaluate_with_boxes_in_place(name, tmp_path, ckpt):
     """Exit 0, no warning, and ST-AP 100: the decoded pixels and the ground truth agree."""
     res = run_cli(WORKS[name](tmp_path, ckpt))
@@ -656,6 +660,7 @@ def predicted(tmp_path_factory, ckpt) -> tuple[subprocess.CompletedProcess, dict
 
 
 @pytest.mark.parametrize("name", list(PREDICT_IMAGES))
+@pytest.mark.slow
 def test_unusual_but_valid_image_predicts_the_spot_in_displayed_pixels(name, predicted):
     """Each mode decodes to the right RGB pixels, EXIF turned, and the box is in displayed pixels."""
     res, by_file = predicted

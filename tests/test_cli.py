@@ -21,6 +21,7 @@ def _script(*args, timeout=120, **kwargs) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONWARNINGS": "ignore"}, **kwargs)
 
 
+@pytest.mark.slow
 def test_help_lists_every_command_with_one_line():
     result = _script("--help")
     assert result.returncode == 0, result.stderr
@@ -52,6 +53,7 @@ def test_fit_passes_lightning_subcommands_through(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("args", [["trian"], []])
+@pytest.mark.slow
 def test_unknown_or_missing_command_is_one_error_line_and_exit_2(args):
     result = _script(*args)
     assert result.returncode == 2
@@ -60,6 +62,7 @@ def test_unknown_or_missing_command_is_one_error_line_and_exit_2(args):
     assert all(word in line for word in args)
 
 
+@pytest.mark.slow
 def test_fit_never_imports_tensorflow(tmp_path):
     """A short real fit through the dispatcher, then a look at sys.modules in that process."""
     code = ("import sys\nfrom ssd_mnv1.cli import main\n"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ssd_mnv1.backbone import ConvBN
+from ssd_mnv1.layers import ConvBN
 from ssd_mnv1.preprocess import INPUT_SCALE, INPUT_ZERO_POINT
 from ssd_mnv1.quantization import prepare_qat
 from ssd_mnv1.quantization.equalize import (correct_bias, equalization_pairs, equalize, preactivation_bounds,
@@ -110,7 +110,7 @@ def test_bias_correction_removes_the_mean_output_shift_of_int8_weights(trained_l
 def test_st_detector_equalizes_exactly_on_real_images(reference_dir, coco_person_val):
     from ssd_mnv1 import load_model
     from ssd_mnv1.data import open_dataset
-    from ssd_mnv1.evaluate import resize_all
+    from ssd_mnv1.evaluation import resize_all
     from ssd_mnv1.preprocess import normalize
     from ssd_mnv1.zoo import st_files
 

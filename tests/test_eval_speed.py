@@ -237,7 +237,7 @@ class _Dataset:
 
 
 def test_pipelined_evaluation_equals_a_serial_loop():
-    from ssd_mnv1.evaluate import evaluate
+    from ssd_mnv1.evaluation import evaluate
 
     dataset = _Dataset(37)
     records = dataset.records
@@ -264,7 +264,7 @@ def test_pipelined_evaluation_equals_a_serial_loop():
 
 
 def test_an_error_in_the_post_processing_thread_reaches_the_caller():
-    from ssd_mnv1.evaluate import evaluate
+    from ssd_mnv1.evaluation import evaluate
 
     images = np.arange(20, dtype=np.uint8)[:, None, None, None].repeat(32, 1).repeat(32, 2).repeat(3, 3)
     with pytest.raises(RuntimeError):  # offsets of the wrong shape for the anchors: decode fails

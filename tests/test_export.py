@@ -18,6 +18,8 @@ from PIL import Image
 from ssd_mnv1.checkpoint import save_checkpoint
 from ssd_mnv1.zoo import st_files
 
+pytestmark = pytest.mark.slow  # every test runs onnx2tf (module fixtures) or an export CLI
+
 SIZE = 192
 
 
@@ -75,7 +77,7 @@ def test_int8_outputs_track_float_and_anchors_are_int8_rounded(exported):
 
 
 def test_compat_check_passes_on_itself_and_names_differences(exported):
-    from ssd_mnv1.export.compat import compare, read_contract
+    from ssd_mnv1.export.contract import compare, read_contract
 
     _, result, _ = exported
     int8, fp32 = read_contract(result.files["tflite-int8"]), read_contract(result.files["tflite-fp32"])
@@ -117,8 +119,8 @@ def test_exported_tflite_has_a_dynamic_batch_and_one_anchor_set_per_image(export
 
 def test_per_channel_export_has_per_channel_weights_and_per_tensor_option_has_none(exported, tmp_path):
     from ssd_mnv1.export import tf_stage, tflite_edit
-    from ssd_mnv1.export.compat import weight_quantization
-    from ssd_mnv1.export.pipeline import calibration_images
+    from ssd_mnv1.export.contract import weight_quantization
+    from ssd_mnv1.quantization.calibration import calibration_images
 
     model, result, root = exported
     assert weight_quantization(result.files["tflite-int8"])["per-tensor"] == 0
@@ -132,17 +134,16 @@ def test_per_channel_export_has_per_channel_weights_and_per_tensor_option_has_no
 
 def test_compat_check_names_outputs_swapped_in_the_same_shape(exported, tmp_path):
     """Offsets and anchors are both (1,NA,4): only their content tells a wrong order apart."""
-    from ssd_mnv1.export.compat import compare, read_contract
-    from ssd_mnv1.export.tflite_edit import _schema
+    from ssd_mnv1.export.contract import compare, read_contract
+    from ssd_mnv1.tflite_file import read, to_bytes
 
     _, result, _ = exported
-    _, fbu = _schema()
-    model = fbu.read_model(str(result.files["tflite-int8"]))
+    model = read(result.files["tflite-int8"]).flatbuffer
     sg = model.subgraphs[0]
     sg.outputs = np.asarray([sg.outputs[0], sg.outputs[2], sg.outputs[1]], dtype=np.int32)
     model.signatureDefs = []
     swapped = tmp_path / "swapped.tflite"
-    fbu.write_model(model, str(swapped))
+    swapped.write_bytes(to_bytes(model))
     diffs, _ = compare(read_contract(swapped), read_contract(result.files["tflite-int8"]))
     assert diffs == ["output order by content: ['scores', 'anchors', 'offsets'] vs reference "
                      "['scores', 'offsets', 'anchors']"]
@@ -182,7 +183,7 @@ def test_st_192_h5_exports_to_float_tflite_equal_to_pytorch(st_192_export, refer
 
 
 def test_st_192_h5_int8_export_has_exactly_the_io_contract_of_st_int8_file(st_192_export, reference_dir):
-    from ssd_mnv1.export.compat import output_quantization
+    from ssd_mnv1.export.contract import output_quantization
 
     _, result = st_192_export
     ours, ref = result.files["tflite-int8"], st_files(reference_dir, 192).int8_tflite
@@ -251,7 +252,7 @@ def _tiny_coco(folder: Path, n: int = 4) -> Path:
 
 def test_ledger_evaluates_every_stage_and_writes_json_markdown_and_the_layer_chart(exported, tmp_path):
     from ssd_mnv1.export.layer_ledger import build_layer_ledger
-    from ssd_mnv1.export.pipeline import build_ledger, write_ledger
+    from ssd_mnv1.export.ledger import build_ledger, write_ledger
 
     _, result, root = exported
     data = _tiny_coco(tmp_path / "data")

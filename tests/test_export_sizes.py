@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # onnx2tf runs (module fixtures)
+
 CLASSES = ("a", "b", "c")
 #: Anchors of the derived graphs: 160 -> levels (24, 12, 6, 3, 1), 320 -> (48, 24, 12, 6, 3, 1).
 NUM_ANCHORS = {160: 3830, 320: 15350}
@@ -38,7 +40,7 @@ def sized(request):
 
 
 def test_int8_file_has_st_contract_with_this_size_anchors_and_one_score_column_per_class(sized):
-    from ssd_mnv1.export.compat import output_quantization
+    from ssd_mnv1.export.contract import output_quantization
     from ssd_mnv1.export.tflite_edit import op_list
     from ssd_mnv1.runners import make_interpreter
 
@@ -139,15 +141,15 @@ def test_compat_expect_refuses_the_float_file(export_320, capsys):
 
 
 def test_footprint_reads_size_and_classes_from_the_file(sized):
-    from ssd_mnv1.footprint import tflite_architecture
+    from ssd_mnv1.footprint_analysis import tflite_architecture
 
     size, (_, result, _) = sized
     assert tflite_architecture(result.files["tflite-int8"]) == {"alpha": 0.25, "input_size": size, "num_classes": 3}
 
 
 def test_mcu_file_at_160_loads_in_tflm_and_qdq_carries_its_scales(export_160):
-    from ssd_mnv1.export.qdq import compare_scales, format_scale_report
-    from ssd_mnv1.tflm import tflm_available
+    from ssd_mnv1.export.qdq_audit import compare_scales, format_scale_report
+    from ssd_mnv1.runners import tflm_available
 
     _, result, _ = export_160
     assert result.files["tflite-int8"].name == "tiny_int8_mcu.tflite"
@@ -190,7 +192,7 @@ def _three_class_coco(folder, n: int = 6, size: int = 160):
 
 
 def test_ledger_reports_st_ap_per_class_for_every_stage(export_160, tmp_path):
-    from ssd_mnv1.export.pipeline import build_ledger, ledger_markdown, write_ledger
+    from ssd_mnv1.export.ledger import build_ledger, ledger_markdown, write_ledger
 
     _, result, root = export_160
     data = _three_class_coco(tmp_path / "data")

@@ -44,6 +44,7 @@ def _cli(*args, timeout=600, cwd=None, **env_extra) -> subprocess.CompletedProce
                           text=True, timeout=timeout, cwd=cwd, env=env)
 
 
+@pytest.mark.slow  # ~35 s: up to 200 training steps
 def test_training_overfits_eight_images_to_st_ap_above_90(tmp_path):
     pl.seed_everything(0)
     dm = _tiny_data(train=8, batch=8, train_interpolation="nearest")
@@ -106,6 +107,7 @@ def test_non_finite_loss_stops_training_and_names_the_batch_files(tmp_path):
     assert message.count("<synthetic seed=0 #") == 4
 
 
+@pytest.mark.slow
 def test_cli_quickstart_config_trains_and_reports_st_ap_before_and_after(tmp_path):
     result = _cli("fit", "--config", QUICKSTART, "--trainer.max_steps", 2, "--data.synthetic_train", 8,
                   "--data.synthetic_val", 4, "--data.batch_size", 4, "--trainer.default_root_dir", tmp_path,
@@ -136,6 +138,7 @@ def test_no_argument_run_uses_the_packaged_quickstart(monkeypatch):
     (["--data.val_split", "2"], ["data.val_split", "[0, 1)"]),
     (["--model.weights", "missing.h5"], ["missing.h5", "no such model file"]),
 ])
+@pytest.mark.slow
 def test_cli_config_errors_are_one_clear_message_without_traceback(tmp_path, args, words):
     result = _cli("fit", "--config", QUICKSTART, *args, cwd=tmp_path, timeout=120)
     assert result.returncode != 0
@@ -144,6 +147,7 @@ def test_cli_config_errors_are_one_clear_message_without_traceback(tmp_path, arg
         assert word in result.stderr, result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_unknown_key_in_a_config_file_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(QUICKSTART.read_text().replace("  lr: 0.006", "  lrate: 0.1\n  lr: 0.006"))
@@ -228,6 +232,7 @@ def _val_st_ap(metrics_csv: Path) -> float:
     return float(rows[-1]["val_st_ap"])
 
 
+@pytest.mark.slow
 def test_two_process_ddp_trains_and_matches_single_process_validation(tmp_path):
     # One image per validation batch and one thread per process: every image then goes through
     # exactly the same arithmetic whichever rank runs it, so the two ST-APs must be equal.
@@ -350,6 +355,7 @@ def test_qat_validation_logs_the_students_distillation_loss_on_the_held_out_imag
     assert "val_loss" in trainer.callback_metrics and "val_distill" not in trainer.callback_metrics  # no teacher, nothing to log
 
 
+@pytest.mark.slow
 def test_cli_trains_a_three_class_model_at_a_size_st_does_not_ship_and_evaluates_it_per_class(tmp_path):
     from ssd_mnv1 import load_model
     from ssd_mnv1.evaluate import main as evaluate_main

@@ -112,6 +112,7 @@ def test_non_keras_hdf5_is_refused(tmp_path):
         load_keras_h5(tmp_path / "x.h5")
 
 
+@pytest.mark.slow
 def test_convert_command_writes_a_loadable_checkpoint(tmp_path):
     src = _randomized(build_model(input_size=192))
     h5 = write_keras_h5(src, tmp_path / "det.h5")
@@ -124,6 +125,7 @@ def test_convert_command_writes_a_loadable_checkpoint(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["det.ckpt"]  # no temp file left behind
 
 
+@pytest.mark.slow
 def test_convert_command_reports_a_missing_file_without_traceback(tmp_path):
     res = subprocess.run([sys.executable, "-m", "ssd_mnv1.convert", str(tmp_path / "nope.h5"), str(tmp_path / "o.ckpt")],
                          capture_output=True, text=True)

@@ -1,6 +1,6 @@
 """Our PyTorch port of each ST .h5 scores the same ST-AP as ST's own Keras model (tf_keras).
 
-Both run through the same evaluator on the same pre-resized pixels (``evaluate.resize_all``) of
+Both run through the same evaluator on the same pre-resized pixels (``evaluation.resize_all``) of
 ``../shared/data/coco2017_person_val``; the ST-AP of the two must agree within 0.05 points for the
 2.0 (no cap) and 2025 (cap 100) variants. To keep the suite's CPU budget, only the first
 ``IMAGES`` images (in the dataset's order, so deterministic) are used: about 70 s on 2 busy cores,
@@ -60,9 +60,10 @@ def one_torch_thread():
 
 @pytest.mark.reference
 @pytest.mark.parametrize("size", [192, 224, 256])
+@pytest.mark.slow  # 50-80 s each on 2 cores: ST's Keras model (TensorFlow) over 200 images
 def test_ported_h5_scores_the_same_st_ap_as_st_keras_model(size, h5, val_dataset, tf_keras_available,
                                                            one_torch_thread):
-    from ssd_mnv1.evaluate import evaluate, resize_all
+    from ssd_mnv1.evaluation import evaluate, resize_all
     from ssd_mnv1.runners import KerasRunner, TorchRunner
     from ssd_mnv1.weights import load_keras_h5
 

@@ -10,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.slow  # training CLI subprocesses
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "lightning_configs" / "quickstart.yaml"

@@ -16,8 +16,9 @@ from PIL import Image
 
 pytest.importorskip("onnx2tf")
 pytest.importorskip("ai_edge_litert")
+pytestmark = pytest.mark.slow  # conftest's tiny_int8_export runs onnx2tf
 
-from ssd_mnv1.backbone import ConvBN  # noqa: E402
+from ssd_mnv1.layers import ConvBN  # noqa: E402
 
 SIZE = 192
 IMAGES = 4
@@ -186,7 +187,7 @@ def test_local_sqnr_names_the_per_tensor_layers(ledgers):
 
 
 def test_written_files(ledgers, tmp_path):
-    from ssd_mnv1.export.layer_ledger import write_layer_ledger
+    from ssd_mnv1.export.layer_ledger_report import write_layer_ledger
 
     _, _, pt, _, _, _ = ledgers
     js, md, png = write_layer_ledger(pt, tmp_path)
@@ -220,15 +221,14 @@ def test_wrong_model_or_granularity_is_refused(ledgers, trained_like_model):
 def test_pairing_does_not_depend_on_tensor_names(ledgers, tmp_path):
     """An int8 file whose tensors are all renamed (as a second onnx2tf run in one process numbers
     its ops on) pairs with the float file and the model exactly as before."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
     from ssd_mnv1.export.layer_ledger import _Graph, match_tensors
+    from ssd_mnv1.tflite_file import read, to_bytes
 
     model, _, _, files, _, _ = ledgers
-    renamed = flatbuffer_utils.read_model(str(files["pt"]))
+    renamed = read(files["pt"]).flatbuffer
     for t in renamed.subgraphs[0].tensors:
         t.name = b"other_run_" + (t.name or b"")
-    flatbuffer_utils.write_model(renamed, str(tmp_path / "renamed.tflite"))
+    (tmp_path / "renamed.tflite").write_bytes(to_bytes(renamed))
     f = _Graph(files["fp32"])
     before = [(m.int8_index, m.fp32_index, m.module) for m in match_tensors(model, _Graph(files["pt"]), f)]
     after = match_tensors(model, _Graph(tmp_path / "renamed.tflite"), f)

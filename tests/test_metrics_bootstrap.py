@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from ssd_mnv1.evaluation import paired_st_ap, paired_st_ap_table
 from ssd_mnv1.metrics import STAPEvaluator
 from ssd_mnv1.metrics.bootstrap import bootstrap_comparison, image_weights, resampled_ap
 from ssd_mnv1.postprocess import Detections
@@ -75,21 +76,17 @@ def test_bootstrap_comparison_refuses_results_over_different_images():
         bootstrap_comparison([_evaluate(scenes), _evaluate(scenes)], confidence=95)
 
 
-def test_paired_ap_bench_gives_every_pairwise_difference_with_an_interval(reference_dir, coco_person_val, tmp_path,
-                                                                          bench_script):
-    """``bench/paired_ap.py`` on ST's 192 float model (twice: a difference that is exactly 0) and its
-    int8 file under two kernel sets, on real images."""
-    import json
-
+def test_paired_st_ap_gives_every_pairwise_difference_with_an_interval(reference_dir, coco_person_val):
+    """:func:`paired_st_ap` (``bench/paired_ap.py``) on ST's 192 float model (twice: a difference that
+    is exactly 0) and its int8 file under two kernel sets, on real images."""
     from ssd_mnv1.zoo import st_files
 
     files = st_files(reference_dir, 192, must_exist=True)
-    out = tmp_path / "paired.json"
-    assert bench_script("paired_ap").main([str(files.h5), str(files.h5), str(files.int8_tflite),
-                                           f"{files.int8_tflite}@builtin", "--data", str(coco_person_val),
-                                           "--limit", "40", "--samples", "300", "--json", str(out)]) == 0
-    report = json.loads(out.read_text())
+    logged = []
+    report = paired_st_ap([str(files.h5), str(files.h5), str(files.int8_tflite), f"{files.int8_tflite}@builtin"],
+                          coco_person_val, limit=40, samples=300, log=logged.append)
     assert report["images"] == 40 and len(report["models"]) == 4 and len(report["differences"]) == 6
+    assert len(logged) == 4 and logged[2].startswith(f"  {files.int8_tflite.name}@xnnpack: ST-AP ")
     models = {m["model"]: m for m in report["models"]}
     assert all(m["low"] <= m["value"] <= m["high"] for m in models.values())
     itself = report["differences"][0]
@@ -98,14 +95,20 @@ def test_paired_ap_bench_gives_every_pairwise_difference_with_an_interval(refere
                 files.h5.name)
     assert int8["value"] == pytest.approx(models[int8["model"]]["value"] - models[files.h5.name]["value"], abs=2e-4)
     assert int8["low"] <= int8["value"] <= int8["high"]
+    table = paired_st_ap_table(report)
+    assert len(table) == 3 + 4 + 2 + 6 and table[1].startswith(f"ST-AP 2.0 on {coco_person_val}: 40 images; 95% ")
+    last = report["differences"][-1]
+    assert table[-1].startswith(last["model"]) and table[-1].endswith("yes" if last["resolved"] else "no")
 
 
 @pytest.mark.parametrize("spec, message", [("model.tflite@fp16", "@xnnpack, @builtin, @reference"),
                                            ("model.h5@builtin", "applies to .tflite and .onnx"),
                                            ("missing.tflite", "no such model file")])
-def test_paired_ap_bench_names_a_bad_model_spec(spec, message, tmp_path, coco_person_val, bench_script):
+def test_paired_st_ap_names_a_bad_model_spec(spec, message, tmp_path):
     name = spec.partition("@")[0]
     if not name.startswith("missing"):
         (tmp_path / name).write_bytes(b"x")
-    with pytest.raises(SystemExit, match=message):
-        bench_script("paired_ap").main([str(tmp_path / spec), str(tmp_path / spec), "--data", str(coco_person_val)])
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        paired_st_ap([str(tmp_path / spec), str(tmp_path / spec)], tmp_path / "data")
+    with pytest.raises(ValueError, match="at least two models"):
+        paired_st_ap([str(tmp_path / spec)], tmp_path / "data")

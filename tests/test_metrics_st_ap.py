@@ -1,4 +1,4 @@
-"""ST-AP (st_reference.md §7): rasterization, matching, AP, the evaluator and its rank merge.
+"""ST-AP (docs/st_model.md §7): rasterization, matching, AP, the evaluator and its rank merge.
 
 Expected values are computed by hand in the comments; box coordinates are dyadic fractions so
 that the float arithmetic is exact. Post-processing is tested in test_postprocess.py.

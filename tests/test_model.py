@@ -17,7 +17,7 @@ def test_forward_returns_st_triplet(size, na):
 
 
 def test_trainable_parameter_counts_match_st_files():
-    # st_reference §1.1: 426,674 trainable at 192, 574,764 at 224/256 (backbone 218,544 with BN stats)
+    # docs/st_model.md §1.1: 426,674 trainable at 192, 574,764 at 224/256 (backbone 218,544 with BN stats)
     def trainable(m):
         return sum(p.numel() for p in m.parameters())
 

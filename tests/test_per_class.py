@@ -17,7 +17,7 @@ from ssd_mnv1.box_coder import encode
 from ssd_mnv1.checkpoint import save_checkpoint
 from ssd_mnv1.cli import run
 from ssd_mnv1.data import open_dataset
-from ssd_mnv1.evaluate import evaluate, format_result
+from ssd_mnv1.evaluation import evaluate, format_result
 from ssd_mnv1.evaluate import main as evaluate_main
 from ssd_mnv1.metrics import coco_metrics
 from ssd_mnv1.metrics.coco import coco_metrics_by_class

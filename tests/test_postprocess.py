@@ -1,4 +1,4 @@
-"""Post-processing per variant (st_reference.md §6): deploy, ST 2.0 and ST 2025.
+"""Post-processing per variant (docs/st_model.md §6): deploy, ST 2.0 and ST 2025.
 
 Box coordinates are dyadic fractions where exact float arithmetic matters.
 """

@@ -9,7 +9,7 @@ from PIL import Image
 
 from ssd_mnv1 import build_model
 from ssd_mnv1.checkpoint import save_checkpoint
-from ssd_mnv1.footprint import count_macs, tflite_architecture
+from ssd_mnv1.footprint_analysis import count_macs, tflite_architecture
 from ssd_mnv1.footprint import main as footprint_main
 from ssd_mnv1.zoo import st_files
 
@@ -20,6 +20,7 @@ def tiny_ckpt(tmp_path):
     return save_checkpoint(build_model(input_size=192), tmp_path / "tiny.ckpt")
 
 
+@pytest.mark.slow
 def test_predict_draws_boxes_and_writes_pixel_detections(tmp_path, tiny_ckpt):
     images = tmp_path / "imgs"
     images.mkdir()
@@ -45,13 +46,14 @@ def test_predict_draws_boxes_and_writes_pixel_detections(tmp_path, tiny_ckpt):
 
 def test_predict_draws_boxes_whose_corners_decode_inverted():
     """Corner offsets of an untrained model can put x2 left of x1; drawing must not fail on it."""
-    from ssd_mnv1.predict import draw
+    from ssd_mnv1.prediction import draw
 
     image = np.zeros((64, 64, 3), np.uint8)
     out = draw(image, np.array([[40.0, 30.0, 10.0, 5.0]]), np.array([0.9]), np.array([1]), ["person"])
     assert np.asarray(out)[5:31, 10].any()  # the box's left edge, at min(x1, x2)
 
 
+@pytest.mark.slow
 def test_predict_reports_a_missing_image_clearly(tmp_path, tiny_ckpt):
     res = subprocess.run([sys.executable, "-m", "ssd_mnv1.predict", str(tiny_ckpt), str(tmp_path / "nope.jpg"),
                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
@@ -64,6 +66,7 @@ def test_mac_count_follows_the_architecture():
     assert 35e6 < m192 < m224 < 70e6
 
 
+@pytest.mark.slow
 def test_footprint_reports_size_memory_and_st_figures(tiny_ckpt):
     pytest.importorskip("tensorflow", reason="footprint needs the export extra")
     res = subprocess.run([sys.executable, "-m", "ssd_mnv1.footprint", str(tiny_ckpt), "--runs", "3"],

@@ -19,7 +19,10 @@ import pytest
 from PIL import Image
 
 from ssd_mnv1.data import open_dataset
-from ssd_mnv1.data.prepare import CocoSource, download_file, load_checksums, main, prepare_coco, yolo_line
+from ssd_mnv1.download import download_file, load_checksums
+from ssd_mnv1.data.prepare import CocoSource, prepare_coco
+from ssd_mnv1.data.writer import yolo_line
+from ssd_mnv1.prepare_data import main
 
 SPLIT = "val2017"
 LINE = re.compile(r"^\d+ \d\.\d{6} \d\.\d{6} \d\.\d{6} \d\.\d{6}$")
@@ -225,6 +228,7 @@ def test_prepare_errors(tmp_path):
     assert not (tmp_path / "out").exists()   # nothing written before the checks pass
 
 
+@pytest.mark.slow
 def test_prepare_cli_error_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ssd_mnv1.prepare_data", "--coco", str(tmp_path / "none"),
                            "--split", SPLIT, "--out", str(tmp_path / "out")], capture_output=True, text=True)

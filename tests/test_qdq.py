@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssd_mnv1.backbone import ConvBN
+from ssd_mnv1.layers import ConvBN
 from ssd_mnv1.preprocess import INPUT_SCALE, INPUT_ZERO_POINT
 from ssd_mnv1.quantization.qat import ActivationQuantizer
 
@@ -17,7 +17,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, numpy_helper  # noqa: E402
 
-from ssd_mnv1.export.qdq import compare_scales, export_qdq_onnx, format_scale_report, qdq_parity  # noqa: E402
+from ssd_mnv1.export.qdq import export_qdq_onnx  # noqa: E402
+from ssd_mnv1.export.qdq_audit import compare_scales, format_scale_report, qdq_parity  # noqa: E402
 from ssd_mnv1.quantization.calibration import int8_simulation  # noqa: E402
 
 SIZE = 192
@@ -172,7 +173,7 @@ def test_per_tensor_has_one_scale_per_conv(qdq):
 
 def test_runner_evaluates_and_predicts_with_a_qdq_file(qdq, coco_person_val, tmp_path, capsys):
     from ssd_mnv1.evaluate import main as evaluate_main
-    from ssd_mnv1.predict import predict_image
+    from ssd_mnv1.prediction import predict_image
     from ssd_mnv1.runners import open_runner
 
     model, path, _ = qdq
@@ -227,6 +228,7 @@ def tflite_pair(tmp_path_factory, trained_like_model, calib_dir, calibration):
     return files["onnx-qdq"], files["tflite-int8"]
 
 
+@pytest.mark.slow
 def test_qdq_carries_the_int8_tflite_scales(tflite_pair):
     """Same float model, same calibration images: every conv pairs with a TFLite conv by its int8
     weights, and weight, bias, input and backbone output scales agree (the TFLite converter folds BN
@@ -271,14 +273,14 @@ def test_qdq_file_runs_on_integer_kernels_without_int16_saturation_or_as_the_spe
         OnnxRunner(path, qdq_arithmetic="fp16")
 
 
-def test_int8_runtimes_bench_scores_one_export_under_every_runtime(tiny_mcu_export, coco_person_val, tmp_path,
-                                                                   bench_script):
-    """``bench/int8_runtimes.py`` on an ``--mcu`` int8 TFLite + QDQ pair: six runtimes (three TFLite
-    kernel sets; onnxruntime's integer kernels, the spec's float, onnxruntime's defaults), every
-    pair's agreement, one JSON."""
-    import json
+@pytest.mark.slow
+def test_int8_runtimes_score_one_export_under_every_runtime(tiny_mcu_export, coco_person_val, tmp_path):
+    """:func:`compare_int8_runtimes` (``bench/int8_runtimes.py``) on an ``--mcu`` int8 TFLite + QDQ
+    pair: six runtimes (three TFLite kernel sets; onnxruntime's integer kernels, the spec's float,
+    onnxruntime's defaults), every pair's agreement, one JSON."""
     import shutil
 
+    from ssd_mnv1.export.ledger import compare_int8_runtimes, int8_runtimes_table
     from ssd_mnv1.export.pipeline import export
 
     _, result, root = tiny_mcu_export
@@ -286,9 +288,11 @@ def test_int8_runtimes_bench_scores_one_export_under_every_runtime(tiny_mcu_expo
     folder.mkdir()
     shutil.copy(result.files["tflite-int8"], folder)
     export(root / "tiny.ckpt", folder, ("onnx-qdq",), calib=root / "calib", calib_count=6, log=lambda *_: None)
-    assert bench_script("int8_runtimes").main([str(folder), "--data", str(coco_person_val), "--limit", "3",
-                                            "--json", str(tmp_path / "r.json")]) == 0
-    report = json.loads((tmp_path / "r.json").read_text())
-    assert report["images"] == 3 and len(report["st_ap_20"]) == 6
+    logged = []
+    report = compare_int8_runtimes(folder, coco_person_val, limit=3, log=logged.append)
+    assert report["images"] == 3 and len(report["st_ap_20"]) == 6 and len(logged) == 6
     assert len(report["agreement_above_0.5"]) == 15
     assert all(0.0 <= a <= 1.0 for a in report["agreement_above_0.5"].values())
+    assert len(int8_runtimes_table(report)) == 2 + 15
+    with pytest.raises(ValueError, match=r"expected one \*_qdq\*.onnx file, found 0"):
+        compare_int8_runtimes(result.files["tflite-int8"].parent, coco_person_val)  # no QDQ file there

@@ -47,6 +47,7 @@ def _real_images(folder: Path, n: int) -> np.ndarray:
     return np.stack([resize(load_image(f), SIZE) for f in files])
 
 
+@pytest.mark.slow
 def test_mcu_file_has_st_contract_with_a_static_batch_and_only_tflm_ops(mcu, int8_path):
     from ssd_mnv1.export.tflite_edit import BATCH_OPS, op_list
     from ssd_mnv1.runners import make_interpreter
@@ -67,9 +68,10 @@ def test_mcu_file_has_st_contract_with_a_static_batch_and_only_tflm_ops(mcu, int
     assert ops <= TFLM_OPS and not ops & set(BATCH_OPS), ops
 
 
+@pytest.mark.slow
 def test_mcu_file_runs_in_tflm_and_equals_litert_reference_kernels_bit_for_bit(mcu, int8_path):
     from ssd_mnv1.runners import TFLiteRunner
-    from ssd_mnv1.tflm import TFLMRunner
+    from ssd_mnv1.runners import TFLMRunner
 
     model, _, _ = mcu
     x = _noise(3, seed=1)
@@ -83,20 +85,22 @@ def test_mcu_file_runs_in_tflm_and_equals_litert_reference_kernels_bit_for_bit(m
     assert np.abs(anchors - model.anchors.numpy()).max() < 0.004  # int8-rounded anchors, one set per image
 
 
+@pytest.mark.slow
 def test_tflm_equals_litert_reference_kernels_on_real_images(int8_path, coco_person_val):
     from ssd_mnv1.runners import TFLiteRunner
-    from ssd_mnv1.tflm import TFLMRunner
+    from ssd_mnv1.runners import TFLMRunner
 
     x = _real_images(coco_person_val, 4)
     for a, b in zip(TFLMRunner(int8_path)(x), TFLiteRunner(int8_path, reference=True)(x)):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_mcu_file_also_runs_in_litert_with_xnnpack(int8_path):
     """XNNPACK (LiteRT's default) cannot set up a DEQUANTIZE of a constant graph output; the static
     anchors go through a RESHAPE so that the --mcu file runs there too."""
     from ssd_mnv1.runners import TFLiteRunner
-    from ssd_mnv1.tflm import TFLMRunner
+    from ssd_mnv1.runners import TFLMRunner
 
     x = _noise(2, seed=2)
     fast, tflm = TFLiteRunner(int8_path)(x), TFLMRunner(int8_path)(x)
@@ -104,8 +108,9 @@ def test_mcu_file_also_runs_in_litert_with_xnnpack(int8_path):
     assert np.abs(fast[0] - tflm[0]).max() <= 0.05 and np.abs(fast[1] - tflm[1]).max() <= 0.1
 
 
+@pytest.mark.slow
 def test_float_mcu_file_runs_in_tflm_as_pytorch(mcu):
-    from ssd_mnv1.tflm import TFLMRunner
+    from ssd_mnv1.runners import TFLMRunner
 
     model, result, _ = mcu
     x = _noise(1, seed=3)
@@ -116,9 +121,10 @@ def test_float_mcu_file_runs_in_tflm_as_pytorch(mcu):
     assert np.array_equal(anchors, ref[2].numpy())
 
 
+@pytest.mark.slow
 def test_arena_report_is_tflms_own_and_the_planner_mirror_gives_its_activation_bytes(int8_path):
-    from ssd_mnv1.footprint import peak_activation_bytes, tflm_plan_bytes
-    from ssd_mnv1.tflm import TFLMRunner, TFLMUnsupportedModel
+    from ssd_mnv1.footprint_analysis import peak_activation_bytes, tflm_plan_bytes
+    from ssd_mnv1.runners import TFLMRunner, TFLMUnsupportedModel
 
     report = TFLMRunner(int8_path).arena_report()
     assert "[RecordingMicroAllocator] Arena allocation total" in report.text
@@ -145,8 +151,9 @@ def _tile_file(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_file_with_tile_gives_one_error_naming_the_op(tmp_path):
-    from ssd_mnv1.tflm import TFLMRunner, TFLMUnsupportedModel
+    from ssd_mnv1.runners import TFLMRunner, TFLMUnsupportedModel
 
     path = _tile_file(tmp_path / "tile.tflite")
     with pytest.raises(TFLMUnsupportedModel, match="no kernel for op TILE") as err:
@@ -162,8 +169,9 @@ def test_a_file_with_tile_gives_one_error_naming_the_op(tmp_path):
 
 
 @pytest.mark.reference
+@pytest.mark.slow
 def test_st_int8_file_is_refused_by_tflm_naming_tile_and_compat_knows_the_mcu_variant(reference_dir, int8_path):
-    from ssd_mnv1.tflm import TFLMRunner, TFLMUnsupportedModel
+    from ssd_mnv1.runners import TFLMRunner, TFLMUnsupportedModel
 
     st = st_files(reference_dir, SIZE).int8_tflite
     if not st.is_file():
@@ -177,19 +185,21 @@ def test_st_int8_file_is_refused_by_tflm_naming_tile_and_compat_knows_the_mcu_va
     assert "on the reference, cannot load it: no kernel for TILE" in res.stdout
 
 
+@pytest.mark.slow
 def test_compat_of_the_mcu_file_with_itself_has_no_batch_note(int8_path):
-    from ssd_mnv1.export.compat import compare, read_contract
+    from ssd_mnv1.export.contract import compare, read_contract
 
     contract = read_contract(int8_path)
     diffs, notes = compare(contract, contract)
     assert contract.static_batch and diffs == [] and not [n for n in notes if n.startswith("batch:")]
 
 
+@pytest.mark.slow
 def test_evaluate_scores_a_tflm_runner_as_the_reference_kernels(int8_path, tmp_path):
     from ssd_mnv1.data import open_dataset
-    from ssd_mnv1.evaluate import evaluate
+    from ssd_mnv1.evaluation import evaluate
     from ssd_mnv1.runners import TFLiteRunner
-    from ssd_mnv1.tflm import TFLMRunner
+    from ssd_mnv1.runners import TFLMRunner
     from ssd_mnv1.training import render_scene
 
     (tmp_path / "images").mkdir()
@@ -209,6 +219,7 @@ def test_evaluate_scores_a_tflm_runner_as_the_reference_kernels(int8_path, tmp_p
     assert runs[0].images == 3 and runs[0].st_ap == runs[1].st_ap
 
 
+@pytest.mark.slow
 def test_predict_runs_the_mcu_file_in_tflm_and_refuses_other_files(mcu, int8_path, tmp_path):
     _, _, root = mcu
     image = tmp_path / "img.jpg"
@@ -224,9 +235,10 @@ def test_predict_runs_the_mcu_file_in_tflm_and_refuses_other_files(mcu, int8_pat
     assert bad.returncode == 2 and "--runtime tflm runs .tflite files only" in bad.stderr
 
 
+@pytest.mark.slow
 def test_footprint_reports_tflm_arena_next_to_st_and_the_estimates(int8_path, capsys):
     from ssd_mnv1.footprint import main as footprint_main
-    from ssd_mnv1.tflm import TFLMRunner
+    from ssd_mnv1.runners import TFLMRunner
 
     assert footprint_main([str(int8_path), "--runs", "1"]) == 0
     out = capsys.readouterr().out
@@ -237,8 +249,9 @@ def test_footprint_reports_tflm_arena_next_to_st_and_the_estimates(int8_path, ca
     assert "equal to TFLM's head" in out and "How the runtimes differ" in out
 
 
+@pytest.mark.slow
 def test_missing_tflite_micro_names_the_mcu_extra(int8_path, monkeypatch):
-    from ssd_mnv1 import tflm
+    from ssd_mnv1.runners import tflm
 
     for name in ("tflite_micro", "tflite_micro.python", "tflite_micro.python.tflite_micro",
                  "tflite_micro.python.tflite_micro.runtime"):

@@ -1,30 +1,22 @@
 """Our trainer's step against one step of ST's own 2.0 Keras trainer (``../shared/reference/train_step``).
 
-``bench/train_step_parity.py`` prints the full comparison. What is asserted here is what a port can
-be held to: TensorFlow's own two CPU kernel sets (oneDNN, which made the vectors, and Eigen) disagree
-on the backbone gradients by up to 9.6 % of a variable's largest entry and on the BN statistics by
-2.2e-3 (``bench/train_step_tf_floor.py``), so those are bounded at twice that floor; everything that
-does not pass through the chain of training-mode BN layers is held to the issue's thresholds.
+``bench/train_step_parity.py`` prints the full comparison of :mod:`ssd_mnv1.training.step_parity`.
+What is asserted here is what a port can be held to: TensorFlow's own two CPU kernel sets (oneDNN,
+which made the vectors, and Eigen) disagree on the backbone gradients by up to 9.6 % of a variable's
+largest entry and on the BN statistics by 2.2e-3 (``bench/train_step_tf_floor.py``), so those are
+bounded at twice that floor; everything that does not pass through the chain of training-mode BN
+layers is held to the issue's thresholds.
 """
 
 from __future__ import annotations
-
-import importlib
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from ssd_mnv1.anchors import generate_anchors
+from ssd_mnv1.training.step_parity import train_step_parity
 from ssd_mnv1.zoo import st_files
-
-
-@pytest.fixture(scope="module")
-def train_step_parity():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    return importlib.import_module("train_step_parity")
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +34,8 @@ def test_float64_anchors_are_st_matcher_anchors_bit_for_bit(train_step_dir, size
 
 
 @pytest.mark.parametrize("size", [192, 224])
-def test_trainer_step_matches_st_keras_step(reference_dir, train_step_dir, train_step_parity, size):
-    r = train_step_parity.run(train_step_dir / f"batchA_{size}.npz", st_files(reference_dir, size).h5)
+def test_trainer_step_matches_st_keras_step(reference_dir, train_step_dir, size):
+    r = train_step_parity(train_step_dir / f"batchA_{size}.npz", st_files(reference_dir, size).h5)
     assert r["positives_equal"] and r["n_positive_ours"] == r["n_positive_st"]
     assert r["max_abs_target_offset_diff"] <= 1e-6
     for part in ("total", "cls", "loc", "reg"):

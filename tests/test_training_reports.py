@@ -75,7 +75,7 @@ def test_tiny_fit_writes_learning_curves_and_plain_progress_lines(tmp_path, caps
         (line,) = [ln for ln in lines if ln.startswith(f"epoch {epoch}/1  2 steps in ")]
         loss = curves.history[epoch]["train_loss"]
         assert f"train_loss {loss:.4f}" in line and "val_loss " in line and "val_st_ap " in line
-        assert any(ln.startswith(f"epoch {epoch}/1  step 1/2 (50%)") for ln in lines)
+        assert any(ln.startswith(f"epoch {epoch}/1  step:  50% 1/2 [") for ln in lines)
 
 
 def test_learning_curves_skip_the_sanity_check_and_resume_their_history(tmp_path):

@@ -1,6 +1,6 @@
 """Decode once: a dataset's images decoded and resized to SxS uint8, in one memory-mapped file.
 
-ST resizes every image to the input size *before* it augments (st_reference.md §8.4), so the
+ST resizes every image to the input size *before* it augments (docs/st_model.md §8.4), so the
 decoded, resized pixels are a pure function of (the image files, S, interpolation) and can be
 computed once and reused by every epoch and every later run. Training then only augments small
 uint8 images: JPEG decoding was 43 % of a training step at 224 (issue #13).

@@ -1,20 +1,15 @@
 """Build a COCO 2017 subset (ST's ``dataset_converter``, COCO mode) in COCO and YOLO layouts.
 
 ST's person set is the default (``--classes person``); any list of COCO category names gives a
-multi-class set with the same rules, labels in ``--classes`` order.
+multi-class set with the same rules, labels in ``--classes`` order. ``python -m ssd_mnv1.prepare_data``
+runs it; :func:`download_coco` fetches the official zips (:mod:`ssd_mnv1.download`).
 
-    python -m ssd_mnv1.prepare_data --coco DIR_OR_ZIPS [...] --split val2017|train2017 --out OUT
-                                    [--classes person] [--layout coco|yolo|both]
-                                    [--download [--base-url URL] [--checksums FILE]]
-
-Input (``--coco``, one or more paths): an extracted COCO 2017 download (a folder with
+Input (:class:`CocoSource`, one or more paths): an extracted COCO 2017 download (a folder with
 ``annotations/instances_<split>.json`` and ``<split>/``), the official zips
 (``annotations_trainval2017.zip`` and ``<split>.zip``, or a folder holding them), or a mix.
-With ``--download`` the zips are first fetched into ``--coco DIR`` (the cache; default
-``~/.cache/ssd_mnv1/coco2017``) from ``--base-url`` with HTTP Range resume and md5/size checks.
 
-Output ``OUT/coco/images/*.jpg`` + ``OUT/coco/annotations.json`` and ``OUT/yolo/images/*.jpg`` +
-``OUT/yolo/labels/*.txt``. As in ST's converter:
+Output (:mod:`ssd_mnv1.data.writer`) ``OUT/coco/images/*.jpg`` + ``OUT/coco/annotations.json`` and
+``OUT/yolo/images/*.jpg`` + ``OUT/yolo/labels/*.txt``. As in ST's converter:
 
 * every annotation of the chosen categories is kept, crowd boxes included;
 * an image is kept only if it has at least one such box (so the set has no empty images);
@@ -42,26 +37,19 @@ Decisions beyond ST's converter (kept identical to :mod:`ssd_mnv1.data.datasets`
 
 from __future__ import annotations
 
-import argparse
 import difflib
-import hashlib
-import http.client
 import json
 import os
-import re
 import shutil
-import socket
-import sys
-import urllib.error
-import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-from ..fileio import atomic_path, atomic_write_text
 from ..progress import progress as progress_bar
 from .datasets import check_coco_structure, coco_bbox, coco_category_labels
+from ..download import download_file
+from .writer import DatasetWriter, yolo_line
 
 DEFAULT_BASE_URL = "http://images.cocodataset.org"
 SPLITS = ("train2017", "val2017")
@@ -78,11 +66,6 @@ KNOWN_CHECKSUMS: dict[str, dict] = {
 _CHUNK = 1 << 20
 
 
-def _say(msg: str, quiet: bool = False) -> None:
-    if not quiet:
-        print(msg, flush=True)
-
-
 # ---------------------------------------------------------------------------------- download
 
 
@@ -91,156 +74,6 @@ def archive_urls(split: str, base_url: str = DEFAULT_BASE_URL) -> dict[str, str]
     _check_split(split)
     base = base_url.rstrip("/")
     return {ANNOTATIONS_ZIP: f"{base}/annotations/{ANNOTATIONS_ZIP}", f"{split}.zip": f"{base}/zips/{split}.zip"}
-
-
-def load_checksums(path: str | os.PathLike) -> dict[str, dict]:
-    """``{filename: md5}`` or ``{filename: {"md5": ..., "size": ...}}`` -> ``{filename: {...}}``."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such checksums file") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object {{filename: md5}}")
-    out = {}
-    for name, value in raw.items():
-        entry = {"md5": value} if isinstance(value, str) else value
-        if not isinstance(entry, dict) or not set(entry) <= {"md5", "size"}:
-            raise ValueError(f"{path}: entry {name!r} must be an md5 string or {{\"md5\": ..., \"size\": ...}}")
-        md5 = entry.get("md5")
-        if md5 is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", str(md5)):
-            raise ValueError(f"{path}: entry {name!r}: {md5!r} is not an md5 hex digest")
-        out[name] = {k: (v.lower() if k == "md5" and v else v) for k, v in entry.items()}
-    return out
-
-
-def file_md5(path: Path, progress: bool = False) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f, progress_bar(total=path.stat().st_size, unit="B", unit_scale=True,
-                                             desc=f"md5 {path.name}", disable=not progress) as bar:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-            bar.update(len(chunk))
-    return digest.hexdigest()
-
-
-class _Restart(Exception):
-    """The server answered in a way that makes the partial file unusable: start from zero."""
-
-
-def _content_range(value: str | None) -> tuple[int | None, int | None]:
-    m = re.fullmatch(r"\s*bytes\s+(\d+|\*)(?:-\d+)?/(\d+|\*)\s*", value or "")
-    if not m:
-        return None, None
-    start = None if m[1] == "*" else int(m[1])
-    total = None if m[2] == "*" else int(m[2])
-    return start, total
-
-
-def _fetch(url: str, part: Path, *, timeout: float, progress: bool) -> int | None:
-    """Append the rest of ``url`` to ``part`` (HTTP Range); return the total size if announced."""
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "ssd_mnv1-prepare_data"})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # nothing left to fetch, or the part is longer than the file
-            _, total = _content_range(exc.headers.get("Content-Range"))
-            if total == have:
-                return total
-            raise _Restart(f"server refused to resume at byte {have}") from None
-        raise ValueError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-    with response:
-        length = response.headers.get("Content-Length")
-        length = int(length) if length and length.isdigit() else None
-        if have and response.status == 206:
-            start, total = _content_range(response.headers.get("Content-Range"))
-            if start != have:
-                raise _Restart(f"server resumed at byte {start}, expected {have}")
-            mode = "ab"
-        else:
-            if have:
-                _say(f"{url}: server ignored the resume request; downloading from the start")
-            have, mode, total = 0, "wb", length
-        with open(part, mode) as f, progress_bar(total=total, initial=have, unit="B", unit_scale=True,
-                                                 desc=part.name[:-5], disable=not progress) as bar:
-            while chunk := response.read(_CHUNK):
-                f.write(chunk)
-                bar.update(len(chunk))
-    got = part.stat().st_size
-    if total is not None and got < total:
-        raise ConnectionError(f"connection closed at byte {got} of {total}")
-    return total
-
-
-def _verify(path: Path, name: str, md5: str | None, size: int | None, progress: bool) -> None:
-    """Raise ValueError on a size or md5 mismatch; say when only the size could be checked."""
-    actual = path.stat().st_size
-    if size is not None and actual != size:
-        raise ValueError(f"{name}: size mismatch: expected {size} bytes, got {actual}")
-    if md5:
-        got = file_md5(path, progress)
-        if got != md5.lower():
-            raise ValueError(f"{name}: md5 mismatch: expected {md5.lower()}, got {got}")
-        _say(f"{name}: md5 ok ({got})")
-    elif size is not None:
-        _say(f"{name}: no known md5; verified the size only ({actual} bytes)")
-    else:
-        _say(f"{name}: no known md5 or size; NOT verified")
-
-
-def download_file(url: str, dest: str | os.PathLike, *, md5: str | None = None, size: int | None = None,
-                  progress: bool = True, timeout: float = 60.0, retries: int = 3) -> Path:
-    """Download ``url`` to ``dest`` through ``dest.part`` (resumed with HTTP Range on a rerun or a
-    dropped connection); verify md5 (or size only when no md5 is known), then rename into place.
-
-    An existing ``dest`` was renamed there only after verification, so it is checked by size only.
-    On a checksum mismatch the ``.part`` file is deleted (the next run starts over).
-    """
-    dest = Path(dest)
-    part = dest.with_name(dest.name + ".part")
-    if dest.is_file():
-        if size is not None and dest.stat().st_size != size:
-            raise ValueError(f"{dest}: existing file has {dest.stat().st_size} bytes, expected {size}; "
-                             "delete it to download again")
-        _say(f"{dest.name}: already downloaded ({dest})")
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if part.exists():
-        _say(f"{dest.name}: resuming at byte {part.stat().st_size}")
-    total, restarts = None, 0
-    attempt = 0
-    while True:
-        try:
-            total = _fetch(url, part, timeout=timeout, progress=progress)
-            break
-        except _Restart as exc:
-            restarts += 1
-            if restarts > 1:
-                raise ValueError(f"{url}: cannot resume ({exc})") from None
-            _say(f"{dest.name}: {exc}; downloading from the start")
-            part.unlink(missing_ok=True)
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout,
-                TimeoutError) as exc:
-            attempt += 1
-            reason = getattr(exc, "reason", exc)
-            if attempt >= retries:
-                raise ValueError(f"{url}: download failed after {retries} attempt(s) ({reason}); rerun to "
-                                 f"resume from {part}") from None
-            _say(f"{dest.name}: {reason}; retrying ({attempt}/{retries - 1})")
-    if size is not None and total is not None and size != total:
-        _say(f"{dest.name}: the server announces {total} bytes, the checksum table {size}")
-    try:
-        _verify(part, dest.name, md5, size if size is not None else total, progress)
-    except ValueError as exc:
-        part.unlink(missing_ok=True)
-        raise ValueError(f"{exc} (downloaded from {url}; the partial file was deleted)") from None
-    os.replace(part, dest)
-    return dest
 
 
 def download_coco(cache_dir: str | os.PathLike, split: str, *, base_url: str = DEFAULT_BASE_URL,
@@ -352,12 +185,12 @@ class CocoSource:
         return self.image_zip.getinfo(f"{self.split}/{file_name}").file_size
 
     def copy_image(self, file_name: str, dest: Path) -> None:
-        with atomic_path(dest) as tmp:
-            if self.image_dir is not None:
-                shutil.copyfile(self.image_dir / file_name, tmp)
-            else:
-                with self.image_zip.open(f"{self.split}/{file_name}") as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, _CHUNK)
+        """Copy image ``file_name`` of the split to ``dest`` (write it through :func:`~ssd_mnv1.fileio.atomic_path`)."""
+        if self.image_dir is not None:
+            shutil.copyfile(self.image_dir / file_name, dest)
+        else:
+            with self.image_zip.open(f"{self.split}/{file_name}") as src, open(dest, "wb") as dst:
+                shutil.copyfileobj(src, dst, _CHUNK)
 
     def close(self) -> None:
         for zf in self._zips:
@@ -415,43 +248,6 @@ def _safe_relative(file_name: str, where: str) -> str:
     return rel.as_posix()
 
 
-def yolo_line(class_id: int, bbox: Sequence[float], width: float, height: float) -> tuple[str, bool]:
-    """ST's converter line ``class cx cy w h`` (6 decimals); boxes over the edge are clipped first."""
-    x, y, w, h = bbox
-    x1, y1 = max(x, 0.0), max(y, 0.0)
-    x2, y2 = min(x + w, float(width)), min(y + h, float(height))
-    clipped = (x1, y1, x2, y2) != (x, y, x + w, y + h)
-    if clipped:
-        x, y, w, h = x1, y1, x2 - x1, y2 - y1
-    x_center = (x + w / 2) / width
-    y_center = (y + h / 2) / height
-    return f"{class_id} {x_center:.6f} {y_center:.6f} {w / width:.6f} {h / height:.6f}\n", clipped
-
-
-def _existing_files(folder: Path) -> set[str]:
-    if not folder.is_dir():
-        return set()
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")
-            if p.is_file() and not p.name.startswith(".")}
-
-
-def _place_image(source: CocoSource, file_name: str, dest: Path, link_from: Path | None,
-                 stats: PrepareStats) -> None:
-    if dest.is_file() and dest.stat().st_size == source.image_bytes(file_name):
-        stats.images_reused += 1
-        return
-    if link_from is not None:
-        with atomic_path(dest) as tmp:
-            tmp.unlink()
-            try:
-                os.link(link_from, tmp)
-            except OSError:
-                shutil.copyfile(link_from, tmp)
-    else:
-        source.copy_image(file_name, dest)
-    stats.images_copied += 1
-
-
 def prepare_coco(source: CocoSource | Sequence[str | os.PathLike], split: str, out: str | os.PathLike,
                  class_names: Sequence[str] = ("person",), layouts: Sequence[str] = ("coco", "yolo"),
                  progress: bool = True) -> PrepareStats:
@@ -487,7 +283,8 @@ def _check_category_names(data: dict, names: list[str], ann_name: str) -> None:
 def _prepare(src: CocoSource, split: str, out: Path, names: list[str], layouts: list[str],
              progress: bool) -> PrepareStats:
     ann_name = src.annotation_name()
-    _say(f"reading {ann_name}", not progress)
+    if progress:
+        print(f"reading {ann_name}", flush=True)
     data = src.load_annotations()
     _check_category_names(data, names, ann_name)
     labels_of = coco_category_labels(data, names, ann_name)
@@ -534,35 +331,21 @@ def _prepare(src: CocoSource, split: str, out: Path, names: list[str], layouts: 
         raise ValueError(f"{ann_name}: several kept images share a file_name")
 
     # Refuse to mix with files of another run (other split or classes) before writing anything.
-    planned = {
-        "coco": (out / "coco" / "images", set(files.values())),
-        "yolo": (out / "yolo" / "images", set(files.values())),
-        "yolo-labels": (out / "yolo" / "labels",
-                        {PurePosixPath(f).with_suffix(".txt").as_posix() for f in files.values()}),
-    }
-    for key, (folder, expected) in planned.items():
-        if key.split("-")[0] not in layouts:
-            continue
-        extra = sorted(_existing_files(folder) - expected)
-        if extra:
-            raise ValueError(f"{folder} already holds {len(extra)} file(s) this run would not write "
-                             f"(e.g. {extra[0]}); use an empty --out")
+    writer = DatasetWriter({layout: out / layout for layout in layouts})
+    writer.refuse_other_files(files.values(), "use an empty --out")
 
-    coco_images = out / "coco" / "images"
-    yolo_images, yolo_labels = out / "yolo" / "images", out / "yolo" / "labels"
     for iid in progress_bar(kept, desc=f"{split} -> {out}", unit="img", disable=not progress):
         rel, img = files[iid], images[iid]
-        coco_dest = coco_images / rel
-        if "coco" in layouts:
-            _place_image(src, rel, coco_dest, None, stats)
+        written = writer.add_image(rel, lambda path, rel=rel: src.copy_image(rel, path), size=src.image_bytes(rel))
+        stats.images_copied += written
+        stats.images_reused += len(layouts) - written
         if "yolo" in layouts:
-            _place_image(src, rel, yolo_images / rel, coco_dest if "coco" in layouts else None, stats)
             lines = []
             for ann in per_image[iid]:
                 line, clipped = yolo_line(labels_of[ann["category_id"]] - 1, ann["bbox"], img["width"], img["height"])
                 stats.clipped_boxes += clipped
                 lines.append(line)
-            atomic_write_text((yolo_labels / rel).with_suffix(".txt"), "".join(lines))
+            writer.add_labels(rel, lines)
         stats.boxes += len(per_image[iid])
         for ann in per_image[iid]:
             name = names[labels_of[ann["category_id"]] - 1]
@@ -579,60 +362,8 @@ def _prepare(src: CocoSource, split: str, out: Path, names: list[str], layouts: 
             "categories": sorted((c for c in data["categories"] if c["id"] in chosen),
                                  key=lambda c: labels_of[c["id"]]),
         }
-        atomic_write_text(out / "coco" / "annotations.json", json.dumps(subset) + "\n")
+        writer.write_coco(subset)
         stats.outputs["coco"] = out / "coco"
     if "yolo" in layouts:
         stats.outputs["yolo"] = out / "yolo"
     return stats
-
-
-# --------------------------------------------------------------------------------------- CLI
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ssd_mnv1.prepare_data",
-        description="Build ST's COCO person set, or a subset of any COCO categories (--classes), in COCO and "
-                    "YOLO-Darknet layouts from a COCO 2017 download.")
-    parser.add_argument("--coco", nargs="+", metavar="DIR_OR_ZIP",
-                        help="extracted COCO 2017 folder (annotations/ + <split>/), the official zips or a "
-                             "folder with them; with --download: the download cache folder "
-                             f"(default {DEFAULT_CACHE})")
-    parser.add_argument("--split", required=True, choices=SPLITS)
-    parser.add_argument("--out", required=True, help="output folder (gets coco/ and/or yolo/)")
-    parser.add_argument("--classes", nargs="+", default=["person"],
-                        help="COCO category names to keep, in label order: YOLO class 0 is the first "
-                             "(default: person; quote names with spaces, e.g. 'traffic light')")
-    parser.add_argument("--layout", default="both", choices=("coco", "yolo", "both"))
-    parser.add_argument("--download", action="store_true",
-                        help="download the official archives into the --coco folder first (resumable)")
-    parser.add_argument("--base-url", default=DEFAULT_BASE_URL,
-                        help=f"download server (default {DEFAULT_BASE_URL}; files annotations/{ANNOTATIONS_ZIP} "
-                             "and zips/<split>.zip)")
-    parser.add_argument("--checksums", help="JSON {filename: md5} overriding the built-in table")
-    parser.add_argument("--timeout", type=float, default=60.0, help="download socket timeout, seconds")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-
-    classes = [c.strip() for name in args.classes for c in name.split(",") if c.strip()]
-    layouts = ["coco", "yolo"] if args.layout == "both" else [args.layout]
-    progress = not args.quiet and sys.stderr.isatty()
-    if args.download:
-        if args.coco and len(args.coco) > 1:
-            raise ValueError("--download takes a single --coco folder (the download cache)")
-        cache = Path(args.coco[0]) if args.coco else DEFAULT_CACHE
-        checksums = load_checksums(args.checksums) if args.checksums else None
-        download_coco(cache, args.split, base_url=args.base_url, checksums=checksums, progress=progress,
-                      timeout=args.timeout)
-        sources = [cache]
-    else:
-        if not args.coco:
-            raise ValueError("give --coco DIR_OR_ZIP (or --download)")
-        if args.checksums:
-            raise ValueError("--checksums applies to --download only")
-        sources = args.coco
-    with CocoSource(sources, args.split) as source:
-        print(f"source: {source.describe()}")
-        stats = prepare_coco(source, args.split, args.out, classes, layouts, progress=progress)
-    print(stats.summary())
-    return 0

@@ -5,6 +5,9 @@ An ST-AP on 690 images moves by a few tenths when a handful of detections change
 detection only matches GT of its own image), so a resample's AP is the all-point AP of the same
 ranked detections weighted by how often their image was drawn. Two models scored on the same
 images share each resample (paired bootstrap): their difference is far more precise than either AP.
+
+:func:`ssd_mnv1.evaluation.paired_st_ap` runs the whole comparison on model files
+(``bench/paired_ap.py`` prints it).
 """
 
 from __future__ import annotations
@@ -116,4 +119,3 @@ def bootstrap_comparison(results: list[STAPResult], samples: int = BOOTSTRAP_SAM
     weights = image_weights(len(results[0].image_ids), samples, seed)
     return BootstrapComparison([r.ap for r in results], np.stack([resampled_ap(r, weights) for r in results]),
                                confidence)
-

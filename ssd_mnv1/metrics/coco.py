@@ -1,4 +1,4 @@
-"""Standard COCO box metrics with pycocotools (st_reference.md §7.4, "COCO metrics").
+"""Standard COCO box metrics with pycocotools (docs/st_model.md §7.4, "COCO metrics").
 
 Boxes are mapped back to the original image (the resize is a pure stretch) in float; crowd GT and
 the small/medium/large split by segmentation area are handled by pycocotools itself.

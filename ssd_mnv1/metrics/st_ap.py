@@ -1,4 +1,4 @@
-"""ST's own AP metric ("ST-AP"), in its two code versions (st_reference.md §6, §7).
+"""ST's own AP metric ("ST-AP"), in its two code versions (docs/st_model.md §6, §7).
 
 * ``"st20"``: ST model zoo 2.0 (Padilla "Object-Detection-Metrics" evaluator), the pipeline most
   likely behind the published 2.0 numbers: Padilla rasterization of the detections of
@@ -129,7 +129,7 @@ def _all_point_ap(precision: np.ndarray, recall: np.ndarray) -> float:
 
 def average_precision(det_image_ids, det_boxes_px, det_scores, gt_boxes_px_by_image: dict,
                       iou_threshold: float = 0.4) -> tuple[float, np.ndarray, np.ndarray]:
-    """ST's single-class AP (st_reference.md §7.1 step 5) on integer pixel boxes.
+    """ST's single-class AP (docs/st_model.md §7.1 step 5) on integer pixel boxes.
 
     Detections are visited by descending score (stable sort: ties keep the given order). Each takes
     the GT of its image with the highest +1-pixel IoU (first wins ties); IoU >= ``iou_threshold``

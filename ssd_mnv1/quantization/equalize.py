@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone import FEATURE_BLOCKS, ConvBN
+from ..backbone import FEATURE_BLOCKS
+from ..layers import ConvBN
 from ..preprocess import INPUT_SCALE, INPUT_ZERO_POINT
 from .qat import WeightQuantizer
 

@@ -32,7 +32,7 @@ import re
 import torch
 from torch import nn
 
-from ..backbone import ConvBN
+from ..layers import ConvBN
 from ..model import SSDMobileNetV1
 from ..preprocess import INPUT_SCALE, INPUT_ZERO_POINT
 

@@ -1,7 +1,7 @@
 """Box-aware training augmentation following ST's 2.0 recipe (imgaug 0.4.0), on torch tensors.
 
 ST's pretrained models were trained with an imgaug pipeline applied to the already resized SxS
-uint8 image (st_reference.md §8.4). Each op below is one of its ops with its parameters and
+uint8 image (docs/st_model.md §8.4). Each op below is one of its ops with its parameters and
 imgaug's semantics; ``bench/augment_parity.py`` compares the distributions against ST's own code.
 Probabilities are the *effective* ones: ST wraps flips, crop and affine in ``Sometimes(0.5, ...)``,
 so its config values ``horizontal_flip: 0.2`` / ``vertical_flip: 0.5`` become 0.1 / 0.25 here.

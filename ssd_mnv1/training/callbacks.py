@@ -17,6 +17,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 
 from ..fileio import atomic_path, atomic_write_text
+from ..progress import format_interval, progress_line
 
 
 def stopped_by_time(trainer: pl.Trainer) -> str | None:
@@ -279,9 +280,10 @@ class LogProgressBar(ProgressBar):
     """A progress "bar" for logs: whole lines on stdout, never a carriage return.
 
     During training (and long validations, tests, predictions) one line when ``interval`` seconds
-    passed since the last line, or every ``every_n_steps`` training steps when that is set::
+    passed since the last line, or every ``every_n_steps`` training steps when that is set, in the
+    words of every log progress line (:func:`ssd_mnv1.progress.progress_line`)::
 
-        epoch 3/999  step 120/400 (30%)  [01:02<02:25, 1.93 it/s]  train_loss 1.2345
+        epoch 3/999  step:  30% 120/400 [01:02<02:25, 1.93it/s]  train_loss 1.2345
 
     and one line per training epoch with the epoch's metrics (train loss: the epoch mean; the
     validation metrics only when a validation ran in that epoch)::
@@ -347,7 +349,7 @@ class LogProgressBar(ProgressBar):
         if not due or (isinstance(total, int) and done >= total):
             return  # the epoch line follows the last step
         self._line_t = now
-        line = f"{self._epoch(trainer)}  step {_fraction(done, total)}  {_timing(done, total, now - self._epoch_t)}"
+        line = progress_line(done, total, now - self._epoch_t, desc=f"{self._epoch(trainer)}  step")
         mean = self._train.local()
         self.print(line + (f"  train_loss {mean:.4f}" if mean is not None else ""))
 
@@ -355,7 +357,7 @@ class LogProgressBar(ProgressBar):
         if not self._enabled:
             return
         steps = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-        parts = [self._epoch(trainer), f"{steps} steps in {_clock(time.monotonic() - self._epoch_t)}"]
+        parts = [self._epoch(trainer), f"{steps} steps in {format_interval(time.monotonic() - self._epoch_t)}"]
         mean = self._train.local()
         if mean is not None:
             parts.append(f"train_loss {mean:.4f}")
@@ -380,7 +382,7 @@ class LogProgressBar(ProgressBar):
             return
         self._line_t = now
         prefix = f"{self._epoch(trainer)}  " if trainer.state.fn == TrainerFn.FITTING else ""
-        self.print(f"{prefix}{what} {_fraction(done, total)}  {_timing(done, total, now - self._eval_t, 'batch')}")
+        self.print(progress_line(done, total, now - self._eval_t, desc=f"{prefix}{what}", unit="batch"))
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self.has_dataloader_changed(dataloader_idx)
@@ -396,7 +398,8 @@ class LogProgressBar(ProgressBar):
 
     def _metrics_line(self, trainer: pl.Trainer, pl_module, what: str, prefix: str) -> None:
         items = [f"{k} {_value(k, v)}" for k, v in trainer.callback_metrics.items() if k.startswith(prefix)]
-        self.print(f"{what} done in {_clock(time.monotonic() - self._eval_t)}" + "".join(f"  {i}" for i in items))
+        elapsed = format_interval(time.monotonic() - self._eval_t)
+        self.print(f"{what} done in {elapsed}" + "".join(f"  {i}" for i in items))
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
         self.reset_dataloader_idx_tracker()
@@ -415,32 +418,11 @@ class LogProgressBar(ProgressBar):
     def on_predict_end(self, trainer: pl.Trainer, pl_module) -> None:
         self.reset_dataloader_idx_tracker()
         if self._enabled:
-            self.print(f"predict done in {_clock(time.monotonic() - self._eval_t)}")
-
-
-def _clock(seconds: float) -> str:
-    from tqdm import tqdm
-
-    return tqdm.format_interval(seconds)
+            self.print(f"predict done in {format_interval(time.monotonic() - self._eval_t)}")
 
 
 def _count(n) -> str:
     return "?" if n is None or (isinstance(n, float) and not math.isfinite(n)) else str(int(n))
-
-
-def _fraction(done: int, total) -> str:
-    if isinstance(total, (int, float)) and math.isfinite(total) and total > 0:
-        return f"{done}/{int(total)} ({100.0 * done / total:.0f}%)"
-    return str(done)
-
-
-def _timing(done: int, total, elapsed: float, unit: str = "it") -> str:
-    """``[elapsed<remaining, rate]`` as tqdm writes it."""
-    rate = done / elapsed if elapsed > 0 else 0.0
-    known = isinstance(total, (int, float)) and math.isfinite(total) and rate > 0
-    remaining = f"<{_clock((total - done) / rate)}" if known else ""
-    speed = f"{rate:.2f} {unit}/s" if rate >= 1 or rate == 0 else f"{1 / rate:.2f} s/{unit}"
-    return f"[{_clock(elapsed)}{remaining}, {speed}]"
 
 
 def _value(key: str, value) -> str:

@@ -1,4 +1,4 @@
-"""ST's SSD loss (st_reference.md §8.2), with hard-negative mining as an alternative.
+"""ST's SSD loss (docs/st_model.md §8.2), with hard-negative mining as an alternative.
 
 ST computes the classification loss on the softmax *probabilities*, clipped to [1e-7, 1 - 1e-7],
 so the loss takes probabilities too: the same function then scores training logits (after a

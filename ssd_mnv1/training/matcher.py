@@ -1,4 +1,4 @@
-"""Anchor matching and target encoding as ST trains (st_reference.md §8.1; train_step README).
+"""Anchor matching and target encoding as ST trains (docs/st_model.md §8.1; train_step README).
 
 Bipartite greedy first, then IoU >= 0.5; everything else is background (no ignore band). IoU is the
 continuous one (no +1) of torchvision's ``box_iou``, computed in float64 against ST's float64,

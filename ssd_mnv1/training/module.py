@@ -1,4 +1,4 @@
-"""LightningModule for ST's detector with ST's training recipe (st_reference.md §8).
+"""LightningModule for ST's detector with ST's training recipe (docs/st_model.md §8).
 
 Matching (bipartite, then IoU >= 0.5, in float64), softmax focal loss on all anchors (alpha 1.0,
 gamma 0.25) + smooth-L1 (sigma 0.5) on positives over the batch's positives, plus the Keras L2(5e-4)
@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from ..anchors import generate_anchors
+from ..loading import build_model, load_weights
 from ..metrics import STAPEvaluator
-from ..loading import load_weights
-from ..model import build_model, resolve_class_names
+from ..model import resolve_class_names
 from ..postprocess import postprocess
 from .loss import l2_penalty, ssd_loss
 from .matcher import batch_anchor_targets

@@ -16,18 +16,17 @@ colour: every colour is random. The person-only functions above it are unchanged
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import shutil
-import tempfile
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..data.datasets import Record
+from ..fileio import atomic_folder, output_folder
 
 SKIN = ((241, 194, 125), (224, 172, 105), (198, 134, 66), (141, 85, 36), (255, 219, 172))
 
@@ -296,9 +295,7 @@ _OUTPUT_ENTRIES = {"annotations.json", "images", "labels", "coco", "yolo"}
 
 def check_output_folder(out: str | os.PathLike, overwrite: bool, option: str = "out") -> Path:
     """``out`` if it may be written: absent, empty, or (with ``overwrite``) an earlier output."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{option} {out}: exists and is not a folder")
+    out = output_folder(out, option)
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     foreign = [e for e in entries if e not in _OUTPUT_ENTRIES]
     if foreign:
@@ -310,89 +307,75 @@ def check_output_folder(out: str | os.PathLike, overwrite: bool, option: str = "
     return out
 
 
-@contextlib.contextmanager
-def _atomic_folder(out: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out``, renamed to ``out`` on success (replacing what was there),
-    deleted on failure: an interrupted run never leaves a half-written dataset under ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield tmp
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp creates 0700; give the folder the usual mode
-        if out.is_dir() and any(out.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / "d")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            if out.is_dir():
-                out.rmdir()
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+_PARAMETERS = ("out", "class_names", "num_images", "size", "layout", "max_objects")
+
+
+def check_request(out: str | os.PathLike, class_names: Sequence[str] | str, num_images: int, size: int = 320,
+                  layout: str = "coco", *, max_objects: int = 4, overwrite: bool = False,
+                  names: Mapping[str, str] | None = None) -> tuple[Path, list[str]]:
+    """The output folder and class names of a :func:`write_synthetic_dataset` call, checked before
+    anything is drawn. Each error names the argument at fault as ``names`` spells it (parameter ->
+    name; by default the parameter's own name: a command passes its options)."""
+    names = {**{key: key for key in _PARAMETERS}, **(names or {})}
+    classes = check_shape_names(class_names, names["class_names"])
+    for key, value, least in (("num_images", num_images, 1), ("size", size, 64), ("max_objects", max_objects, 1)):
+        if isinstance(value, bool) or int(value) != value:
+            raise ValueError(f"{names[key]} must be a whole number, got {value!r}")
+        if value < least:
+            raise ValueError(f"{names[key]} must be at least {least}, got {value}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"{names['layout']} must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    return check_output_folder(out, overwrite, names["out"]), classes
 
 
 def write_synthetic_dataset(out: str | os.PathLike, class_names: Sequence[str], num_images: int, seed: int = 0,
                             size: int = 320, layout: str = "coco", *, max_objects: int = 4,
-                            overwrite: bool = False, progress: bool = True) -> dict[str, Path]:
+                            overwrite: bool = False, progress: bool = True,
+                            names: Mapping[str, str] | None = None) -> dict[str, Path]:
     """Write ``num_images`` scenes of :func:`render_objects` as a dataset; return layout -> folder.
 
     ``layout='coco'``: ``out/annotations.json`` + ``out/images/NNNNNN.jpg`` (category ids 1..C in
     ``class_names`` order); ``'yolo'``: ST's ``out/images/`` + ``out/labels/NNNNNN.txt`` (class ids
-    0..C-1, lines by :func:`ssd_mnv1.data.prepare.yolo_line`); ``'both'``: ``out/coco/`` and
-    ``out/yolo/`` as ``prepare_data`` writes them (YOLO images hard-linked to the COCO ones). Both
-    hold the same integer pixel boxes. JPEG quality 95; the folder appears only when complete.
+    0..C-1, lines by :func:`ssd_mnv1.data.writer.yolo_line`); ``'both'``: ``out/coco/`` and
+    ``out/yolo/`` as ``prepare_data`` writes them (YOLO images hard-linked to the COCO ones), through
+    :class:`ssd_mnv1.data.writer.DatasetWriter`. Both hold the same integer pixel boxes. JPEG
+    quality 95; the folder appears only when complete. The arguments are checked first
+    (:func:`check_request`, whose errors name them as ``names`` spells them).
     """
-    from ..data.prepare import yolo_line
+    from ..data.writer import DatasetWriter, yolo_line
     from ..progress import progress as progress_bar
 
-    names = check_shape_names(class_names)
-    if isinstance(num_images, bool) or int(num_images) != num_images or num_images < 1:
-        raise ValueError(f"num_images must be a whole number >= 1, got {num_images!r}")
-    if size < 64:
-        raise ValueError(f"size must be at least 64 pixels, got {size}")
-    if max_objects < 1:
-        raise ValueError(f"max_objects must be >= 1, got {max_objects}")
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    out = check_output_folder(out, overwrite)
+    out, classes = check_request(out, class_names, num_images, size, layout, max_objects=max_objects,
+                                 overwrite=overwrite, names=names)
     layouts = ["coco", "yolo"] if layout == "both" else [layout]
     images, annotations = [], []
-    with _atomic_folder(out) as tmp:
-        roots = {name: (tmp / name if layout == "both" else tmp) for name in layouts}
-        for root in roots.values():
-            (root / "images").mkdir(parents=True, exist_ok=True)
-        if "yolo" in roots:
-            (roots["yolo"] / "labels").mkdir(exist_ok=True)
-        for i in progress_bar(range(int(num_images)), desc=f"synthetic {'/'.join(names)} -> {out}", unit="img",
+    with atomic_folder(out) as tmp:
+        writer = DatasetWriter({name: (tmp / name if layout == "both" else tmp) for name in layouts})
+        for i in progress_bar(range(int(num_images)), desc=f"synthetic {'/'.join(classes)} -> {out}", unit="img",
                               disable=not progress):
-            img, boxes, classes = _render_objects(seed, i, names, size, max_objects)
+            img, boxes, labels = _render_objects(seed, i, classes, size, max_objects)
             file_name = f"{i:06d}.jpg"
-            first = roots[layouts[0]] / "images" / file_name
-            img.save(first, "JPEG", quality=95)
+            writer.add_image(file_name, lambda path: img.save(path, "JPEG", quality=95))
             xywh = [[int(x1), int(y1), int(x2 - x1), int(y2 - y1)] for x1, y1, x2, y2 in boxes]
             images.append({"id": i + 1, "file_name": file_name, "width": size, "height": size})
-            for box, cls in zip(xywh, classes):
+            for box, cls in zip(xywh, labels):
                 annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(cls) + 1,
                                     "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
-            if "yolo" in roots:
-                if layout == "both":
-                    _link_or_copy(first, roots["yolo"] / "images" / file_name)
-                lines = "".join(yolo_line(int(cls), box, size, size)[0] for box, cls in zip(xywh, classes))
-                (roots["yolo"] / "labels" / f"{i:06d}.txt").write_text(lines, encoding="utf-8")
-        if "coco" in roots:
-            coco = {"info": {"description": "ssd_mnv1 synthetic shapes", "seed": seed, "size": size,
-                             "classes": names},
-                    "licenses": [], "images": images, "annotations": annotations,
-                    "categories": [{"id": k, "name": n, "supercategory": "shape"} for k, n in enumerate(names, 1)]}
-            (roots["coco"] / "annotations.json").write_text(json.dumps(coco) + "\n", encoding="utf-8")
+            if "yolo" in layouts:
+                writer.add_labels(file_name, (yolo_line(int(cls), box, size, size)[0]
+                                              for box, cls in zip(xywh, labels)))
+        if "coco" in layouts:
+            writer.write_coco({"info": {"description": "ssd_mnv1 synthetic shapes", "seed": seed, "size": size,
+                                        "classes": classes},
+                               "licenses": [], "images": images, "annotations": annotations,
+                               "categories": [{"id": k, "name": n, "supercategory": "shape"}
+                                              for k, n in enumerate(classes, 1)]})
     return {name: (out / name if layout == "both" else out) for name in layouts}
 
 
-def _link_or_copy(src: Path, dest: Path) -> None:
-    try:
-        os.link(src, dest)
-    except OSError:
-        shutil.copyfile(src, dest)
+def box_counts(root: str | os.PathLike, class_names: Sequence[str]) -> Counter:
+    """Boxes per class name of the dataset at ``root`` (as :func:`ssd_mnv1.data.open_dataset` reads it)."""
+    from ..data import open_dataset
+
+    dataset = open_dataset(root, class_names=list(class_names))
+    return Counter(class_names[int(label) - 1] for r in dataset.records for label in r.labels)

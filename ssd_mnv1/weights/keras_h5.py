@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..backbone import ConvBN, MobileNetV1
+from ..backbone import MobileNetV1
+from ..layers import ConvBN
 from ..fileio import existing_file
-from ..model import SSDMobileNetV1, build_model
+from ..model import SSDMobileNetV1
 from ..specs import ANCHORS_PER_LOCATION, ST_INPUT_SIZES, SUPPORTED_ALPHAS, SUPPORTED_INPUT_SIZES
 
 _BACKBONE_RE = re.compile(r"^(conv1|conv_(dw|pw)_\d+)(_bn)?$")
@@ -280,7 +281,7 @@ def _count_mismatch(kf: KerasFile, kind: str, found: int, model: SSDMobileNetV1)
             f"model has {expected}")
     fits = []
     for size in ST_INPUT_SIZES:
-        other = build_model(model.alpha, size, model.num_classes)
+        other = SSDMobileNetV1(model.alpha, size, model.num_classes)
         if len(_st_conv_order(other) if kind == "conv2d" else _st_dw_order(other)) == found:
             fits.append(str(size))
     if fits:
@@ -322,9 +323,9 @@ def load_keras_h5(path: str | os.PathLike | KerasFile, model: nn.Module | None =
     alpha = infer_alpha(kf)
     if model is None:
         if kf.is_detector:
-            model = build_model(alpha, infer_input_size(kf), infer_num_classes(kf))
+            model = SSDMobileNetV1(alpha, infer_input_size(kf), infer_num_classes(kf))
         else:
-            model = build_model(alpha, kf.input_size if kf.input_size in SUPPORTED_INPUT_SIZES else 224)
+            model = SSDMobileNetV1(alpha, kf.input_size if kf.input_size in SUPPORTED_INPUT_SIZES else 224)
     backbone, prefix = (model, "") if isinstance(model, MobileNetV1) else (model.backbone, "backbone.")
     if backbone.alpha != alpha:
         raise KerasImportError(f"{kf.path}: layer 'conv1' has {int(32 * alpha)} filters (alpha {alpha}); "

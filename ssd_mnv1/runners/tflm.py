@@ -2,7 +2,7 @@
 
 TFLM's Python build (the ``tflite-micro`` package, the ``mcu`` extra) runs a ``.tflite`` file with
 the device runtime's own kernels and arena planner, one image at a time (its tensors have static
-shapes). :class:`TFLMRunner` has the interface of :class:`ssd_mnv1.runners.TFLiteRunner`
+shapes). :class:`TFLMRunner` has the interface of :class:`ssd_mnv1.runners.tflite.TFLiteRunner`
 (``runner(uint8 NHWC batch) -> (scores, offsets, anchors)``, ``.input_size``, ``.name``, the same
 ``int8_input`` modes) and adds :meth:`TFLMRunner.arena_report`: the bytes TFLM's
 RecordingMicroAllocator reports for the arena, read from TFLM's own report, not estimated.
@@ -21,14 +21,16 @@ import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from .preprocess import normalize
-from .runners import INT8_INPUT_MODES, _identify_outputs, st_host_quantize
+from ..fileio import existing_file
+from ..hub import resolve_model_file
+from ..loading import model_format
+from ..tflite_file import parse as parse_tflite
+from .io import check_int8_input, identify_outputs, prepare_quantized_input
 
-#: ``--runtime``: LiteRT (the TFLite interpreter, :mod:`ssd_mnv1.runners`) or TensorFlow Lite Micro.
+#: ``--runtime``: LiteRT (the TFLite interpreter, :mod:`ssd_mnv1.runners.tflite`) or TensorFlow Lite Micro.
 RUNTIMES = ("litert", "tflm")
 
 #: Arena given to TFLM when none is asked for; the report says how much of it TFLM used. Retried
@@ -162,34 +164,22 @@ def load_interpreter(model: bytes, arena_size: int | None = None, *, path: str |
                                        f"{size:,} bytes): {' | '.join(text.splitlines()[-6:])}") from None
 
 
-def _output_count(model: bytes) -> int:
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
-
-    m = schema.Model.GetRootAsModel(model, 0)
-    if m.SubgraphsLength() < 1:
-        raise ValueError("the TFLite file has no subgraph")
-    return m.Subgraphs(0).OutputsLength()
-
-
 class TFLMRunner:
     """A ``.tflite`` file run by TensorFlow Lite Micro, one image at a time.
 
-    ``int8_input`` as for :class:`~ssd_mnv1.runners.TFLiteRunner`: ``raw`` feeds the uint8 pixels
+    ``int8_input`` as for :class:`~ssd_mnv1.runners.tflite.TFLiteRunner`: ``raw`` feeds the uint8 pixels
     (the STM32 firmware), ``st`` / ``st25`` ST's host conversions. ``arena_size``: bytes of the
     tensor arena (default: grown until the model fits; :meth:`arena_report` says what it used).
     """
 
     def __init__(self, path: str | os.PathLike, int8_input: str = "raw", arena_size: int | None = None):
-        if int8_input not in INT8_INPUT_MODES:
-            raise ValueError(f"--int8-input must be one of {', '.join(INT8_INPUT_MODES)}, got {int8_input!r}")
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no such TFLite file")
+        check_int8_input(int8_input)
+        self.path = existing_file(path, "TFLite file")
         self.int8_input = int8_input
         model = self.path.read_bytes()
         self.flash_bytes = len(model)
         self.interpreter, self.arena_size = load_interpreter(model, arena_size, path=self.path)
-        self.num_outputs = _output_count(model)
+        self.num_outputs = len(parse_tflite(model, str(self.path)).main.outputs)
         detail = self.interpreter.get_input_details(0)
         shape = [int(s) for s in detail["shape"]]
         if len(shape) != 4 or shape[0] != 1:
@@ -203,18 +193,10 @@ class TFLMRunner:
         self.name = "tflm-int8" if self.input_dtype in (np.uint8, np.int8) else "tflm-fp32"
 
     def _prepare(self, image: np.ndarray) -> np.ndarray:
-        scale, zp = self.input_quantization
-        if self.input_dtype == np.float32:
-            return normalize(image[None])
-        if self.input_dtype == np.uint8:
-            if self.int8_input == "raw":
-                return image[None].astype(np.uint8)
-            return st_host_quantize(image[None], scale, zp, self.int8_input)
-        if self.input_dtype == np.int8:  # same real value as uint8 with zp shifted by 128
-            q = image[None].astype(np.int16) if self.int8_input == "raw" else \
-                st_host_quantize(image[None], scale, zp + 128, self.int8_input).astype(np.int16)
-            return (q - 128).astype(np.int8)
-        raise ValueError(f"{self.path}: unsupported input dtype {self.input_dtype}")
+        try:
+            return prepare_quantized_input(image, self.input_dtype, self.input_quantization, self.int8_input)
+        except ValueError as exc:
+            raise ValueError(f"{self.path}: {exc}") from None
 
     def run_one(self, image: np.ndarray) -> list[np.ndarray]:
         """The file's outputs, in its own order, for one SxSx3 image."""
@@ -229,7 +211,7 @@ class TFLMRunner:
                              f"got {images.shape}")
         per_image = [self.run_one(image) for image in images]
         outs = [np.concatenate([p[k] for p in per_image]) for k in range(self.num_outputs)]
-        return _identify_outputs(outs, self.input_size)
+        return identify_outputs(outs, self.input_size)
 
     def arena_report(self) -> ArenaReport:
         """TFLM's own allocation report for this model (what the arena holds after allocation)."""
@@ -242,11 +224,7 @@ class TFLMRunner:
 def open_tflm_runner(path: str | os.PathLike, *, int8_input: str = "raw", arena_size: int | None = None) -> TFLMRunner:
     """The runner of ``--runtime tflm``: a ``.tflite`` file in TensorFlow Lite Micro; any other
     model file is refused with one message."""
-    from .loading import model_format
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such model file")
+    path = resolve_model_file(path)  # a model zoo name becomes its downloaded file
     kind = model_format(path)
     if kind != "tflite":
         raise ValueError(f"{path}: --runtime tflm runs .tflite files only (TensorFlow Lite Micro); this is a "
