@@ -1,7 +1,8 @@
 """Export a checkpoint or .h5 to ONNX / QDQ ONNX / TFLite float32 / TFLite int8 with ST's I/O contract.
 
-    python -m ssd_mnv1.export MODEL --to onnx|onnx-qdq|tflite-fp32|tflite-int8 [...] --out DIR
+    python -m ssd_mnv1.export MODEL --to onnx|onnx-qdq|tflite-fp32|tflite-int8|c [...] --out DIR
                               [--calib DIR] [--per-tensor] [--no-equalize] [--mcu] [--ledger DATA_DIR]
+    python -m ssd_mnv1.export FILE_int8_mcu.tflite --to c --out DIR [--classes NAME ...]
 
 Each target includes the stages it needs (tflite-int8: onnx, tflite-fp32; onnx-qdq: onnx); give
 several to get them from one model and calibration. The int8 TFLite has a uint8 input (scale
@@ -13,6 +14,10 @@ STM32MP25 NPU); a float model exported per tensor is equalized first (--no-equal
 (RESHAPE + DEQUANTIZE; no SHAPE/STRIDED_SLICE/TILE), for TensorFlow Lite Micro, which has no TILE
 kernel: the same network, outputs and quantization, names ending in _mcu (with the mcu extra
 installed, the int8 file is loaded and run in TFLM once and its arena size printed).
+--to c (with --mcu) also writes DIR/<stem>_int8_mcu_bundle/: the int8 file as a C array, model_config.h
+(input, NA, classes, quantization, TFLM's measured arena + margin), the op resolver, the anchors and
+the C post-processor, for a TensorFlow Lite Micro project (docs/deployment.md); an --mcu .tflite MODEL
+gets its bundle directly.
 --ledger evaluates every produced stage (ST-AP, max |Δ| to the previous stage and to PyTorch float)
 and, with an int8 TFLite, every quantized layer (SQNR, ST-AP cost), into DIR/ledger.{json,md,png}.
 The dataset is read with the model's class names; a model of several classes also gets each
@@ -43,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", default=["tflite-int8"], nargs="+", choices=TARGETS, metavar="TARGET",
                         help=f"one or more of {', '.join(TARGETS)} (default tflite-int8)")
     parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--classes", nargs="+", metavar="NAME",
+                        help="--to c of a .tflite MODEL: class names in label order (default person for one class)")
     parser.add_argument("--calib", help="folder of calibration images (needed for tflite-int8 and onnx-qdq)")
     parser.add_argument("--calib-count", type=int, default=100, help="calibration images to use (default 100)")
     parser.add_argument("--per-tensor", action="store_true", help="per-tensor int8 weights (STM32MP25 NPU)")
@@ -61,6 +68,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="ledger: how images reach the uint8 input (default raw pixels, as on the device)")
     args = parser.parse_args(argv)
     output_folder(args.out, "--out")  # before the model loads: a bad folder fails now, not after the export
+    if str(args.model).lower().endswith(".tflite"):
+        if args.to != ["c"]:
+            raise ValueError(f"{args.model}: a .tflite MODEL takes --to c only (its C bundle); the other targets "
+                             "start from a .ckpt or .h5")
+        from .c_bundle import write_c_bundle
+
+        write_c_bundle(args.model, args.out, args.classes)
+        return 0
+    if args.classes:
+        raise ValueError("--classes names the classes of a .tflite MODEL; a .ckpt or .h5 stores its own")
 
     from .ledger import build_ledger, ledger_markdown, write_ledger
     from .pipeline import export

@@ -22,10 +22,11 @@ from ssd_mnv1.quantization.calibration import as_batches, calibration_images, in
 
 from . import onnx_stage, tf_stage, tflite_edit
 
-TARGETS = ("onnx", "onnx-qdq", "tflite-fp32", "tflite-int8")
+TARGETS = ("onnx", "onnx-qdq", "tflite-fp32", "tflite-int8", "c")
 #: What each target needs written before it (a target list is the union of these).
 _CHAIN = {"onnx": ("onnx",), "onnx-qdq": ("onnx", "onnx-qdq"), "tflite-fp32": ("onnx", "tflite-fp32"),
-          "tflite-int8": ("onnx", "tflite-fp32", "tflite-int8")}
+          "tflite-int8": ("onnx", "tflite-fp32", "tflite-int8"),
+          "c": ("onnx", "tflite-fp32", "tflite-int8", "c")}  # the C bundle of the --mcu int8 file (c_bundle)
 
 
 @dataclass
@@ -87,11 +88,17 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str | 
     TensorFlow Lite Micro, which has no TILE kernel, loads them; same network, same three outputs
     and quantization. Their names end in ``_mcu``. With tflite-micro installed (the ``mcu`` extra)
     the int8 file is loaded and run in TFLM once, and its arena size recorded.
+
+    ``c`` in ``to`` (needs ``mcu`` and the ``mcu`` extra): the int8 file's C bundle for a TFLM
+    project, ``<stem>_int8_mcu_bundle/`` (:mod:`ssd_mnv1.export.c_bundle`).
     """
     from ssd_mnv1.quantization.equalize import correct_bias, equalize as equalize_model
     from ssd_mnv1.quantization.qat import per_tensor_weights
 
     targets = _targets(to)
+    if "c" in targets and not mcu:
+        raise ValueError("--to c bundles the int8 file for TensorFlow Lite Micro, which loads only the --mcu "
+                         "export: add --mcu")
     quantized = any(t in ("onnx-qdq", "tflite-int8") for t in targets)
     if quantized and calib is None:
         raise ValueError(f"--to {' '.join(t for t in targets if t in ('onnx-qdq', 'tflite-int8'))} needs --calib DIR "
@@ -206,6 +213,13 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str | 
         log(f"tflite-int8: {result.files['tflite-int8']} ({len(calib_data)} calibration images, "
             f"{'per-tensor' if per_tensor else 'per-channel'}{', static batch 1' if mcu else ''}{tflm}; "
             f"{_parity_text(result.tflite_parity['tflite-int8'])} vs the PyTorch fake-quant model)")
+        if "c" in targets:
+            from .c_bundle import write_c_bundle
+
+            t0 = time.perf_counter()
+            bundle = write_c_bundle(result.files["tflite-int8"], out_dir, model.class_names, log=log)
+            result.files["c"] = bundle.folder
+            result.timings["c"] = time.perf_counter() - t0
     return result
 
 

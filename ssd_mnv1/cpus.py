@@ -103,8 +103,10 @@ def torch_threads(n: int):
 
     For per-image work in the training process (augmenting with no loader workers): its ops are
     too small for a second thread to pay, and when another process holds a core the threads of a
-    tiny op wait for each other (14x slower per image in a one-off timing beside two busy processes). The ops are element-wise or
-    per-output, so the pixels do not depend on the thread count.
+    tiny op wait for each other (14x slower per image in a one-off timing beside two busy processes).
+    It also fixes their arithmetic: some torch ops round differently with one thread and with more
+    (bilinear ``F.interpolate`` / ``grid_sample``, measured), and loader workers, which PyTorch starts
+    with one thread, must give the same pixels as the main process.
     """
     import torch
 

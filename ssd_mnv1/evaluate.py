@@ -3,7 +3,7 @@
     python -m ssd_mnv1.evaluate MODEL --data DIR [--metric st20|st25|coco|all] [--size S] [--classes NAME ...]
                                 [--int8-input raw|st|st25] [--decoder pil|tf] [--st25-nms torch|tf]
                                 [--tflite-kernels xnnpack|builtin|reference] [--runtime litert|tflm]
-                                [--threads N] [--json FILE] [--pr-curve FILE.png]
+                                [--postprocess metric|python|c] [--threads N] [--json FILE] [--pr-curve FILE.png]
 
 MODEL is a ``.ckpt``, an ST/Keras ``.h5`` (through our importer, run in PyTorch), an ``.onnx`` or a
 ``.tflite``; DIR is a COCO json + images folder or ST's YOLO layout, detected automatically.
@@ -14,6 +14,11 @@ Classes: a checkpoint (or an ``.h5`` run in PyTorch) names its own; an ``.onnx``
 does not, so ``--classes`` names them in label order (default ``person`` for ST's one-class layout; a
 file with more score columns needs ``--classes``). The dataset is read with those names (COCO
 categories by name, YOLO class ids 0..C-1 in that order); a name the dataset lacks is an error.
+
+``--postprocess``: ``metric`` (default) gives each metric ST's evaluation recipe; ``python`` scores
+the firmware's detections (the deploy recipe: score > 0.5, per-class NMS, top 100) and ``c`` the
+same computed by the C bundle's post-processor (compiled with the system ``cc`` once): with
+``--runtime tflm``, the device's whole path.
 
 ``--json FILE`` writes the metrics in percent, with only the keys of the metrics asked for
 (``--metric all`` gives all), one entry per class under ``per_class``: the format is
@@ -30,7 +35,7 @@ import torch
 
 from .cli import run
 from .cpus import plan_cpus
-from .evaluation import METRICS, evaluate, format_result
+from .evaluation import METRICS, POSTPROCESSING, evaluate, format_result
 from .fileio import atomic_write_text, output_file
 from .preprocess import DECODERS, INTERPOLATIONS
 from .runners import EVAL_TORCH_OPTIONS, INT8_INPUT_MODES, TFLITE_KERNELS, model_class_names
@@ -55,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime", default="litert", choices=("litert", "tflm"),
                         help=".tflite runtime: litert (default) or tflm (TensorFlow Lite Micro: the mcu extra "
                              "and a file exported with --mcu; one image at a time)")
+    parser.add_argument("--postprocess", default="metric", choices=POSTPROCESSING,
+                        help="metric (default): each metric's own recipe (ST's evaluators); python: the firmware's "
+                             "deploy recipe (score > 0.5, top 100); c: that recipe by the C bundle's code "
+                             "(compiled with cc)")
     parser.add_argument("--interpolation", default="nearest", choices=INTERPOLATIONS)
     parser.add_argument("--decoder", default="pil", choices=DECODERS,
                         help="JPEG decoder: pil (default) or tf (ST's tf.io.decode_image, fast IDCT; "
@@ -106,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()
     result = evaluate(runner, dataset, metrics, batch_size=args.batch_size, workers=args.workers,
                       interpolation=args.interpolation, limit=args.limit, decoder=args.decoder,
-                      st25_nms=args.st25_nms, class_names=names)
+                      st25_nms=args.st25_nms, class_names=names, postprocessing=args.postprocess)
     print(format_result(result))
     if args.json:
         atomic_write_text(args.json, json.dumps(result.to_json(), indent=2) + "\n")

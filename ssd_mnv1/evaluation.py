@@ -47,6 +47,10 @@ from .progress import progress as progress_bar
 
 #: ``--metric`` choices: one ST-AP variant, COCO, or all three.
 METRICS = ("st20", "st25", "coco", "all")
+#: ``--postprocess`` choices: each metric's own recipe (ST's evaluators: ``st20``, ``st25``); the
+#: firmware's ``deploy`` recipe in Python (:func:`ssd_mnv1.postprocess.postprocess`); the same recipe
+#: by the C bundle's post-processor (:func:`ssd_mnv1.postprocess_c.postprocess_c`).
+POSTPROCESSING = ("metric", "python", "c")
 
 
 class ResizedImages(Dataset):
@@ -131,7 +135,7 @@ def evaluate(runner, dataset, metrics: tuple[str, ...] = ("st20",), *, batch_siz
              workers: int | None = None, interpolation: str = "nearest", progress: bool = True,
              limit: int | None = None, images: np.ndarray | None = None,
              decoder: str = "pil", st25_nms: str = "torch",
-             class_names: Sequence[str] | None = None) -> EvaluationResult:
+             class_names: Sequence[str] | None = None, postprocessing: str = "metric") -> EvaluationResult:
     """Run ``runner`` over ``dataset`` and compute the requested metrics.
 
     ``images``: the first ``len(images)`` images of the dataset already resized by
@@ -141,7 +145,10 @@ def evaluate(runner, dataset, metrics: tuple[str, ...] = ("st20",), *, batch_siz
     ``workers``: decoding processes (default: ``plan_cpus(purpose="evaluate")``); the compute threads
     are the caller's (``torch.set_num_threads``, the runner's own). ``class_names``: label 1, 2, ...
     (default: the runner's, else the dataset's; with neither, ``person`` or ``class1..classC`` from
-    the score columns); the model's score columns must be 1 + their count.
+    the score columns); the model's score columns must be 1 + their count. ``postprocessing``
+    (:data:`POSTPROCESSING`): ``metric`` scores each metric's own recipe; ``python`` / ``c`` score the
+    firmware's deploy detections (score > 0.5, top 100), in Python or by the C bundle's code, with
+    every metric.
 
     Three stages overlap: decoding (worker processes), the runner (this thread) and post-processing
     + metric updates of the previous batch (one helper thread; NMS and the torch forward release
@@ -151,6 +158,16 @@ def evaluate(runner, dataset, metrics: tuple[str, ...] = ("st20",), *, batch_siz
     from .metrics.coco import coco_metrics_by_class
     from .postprocess import postprocess
 
+    if postprocessing not in POSTPROCESSING:
+        raise ValueError(f"unknown post-processing {postprocessing!r}; allowed values: {', '.join(POSTPROCESSING)}")
+    deploy = None
+    if postprocessing == "python":
+        deploy = postprocess
+    elif postprocessing == "c":
+        from .postprocess_c import load_library, postprocess_c
+
+        load_library()  # compiled now: no compiler fails before the model runs
+        deploy = postprocess_c
     names = _class_names(runner, dataset, class_names)
     variants = [m for m in metrics if m in ("st20", "st25")]
     want_coco = "coco" in metrics
@@ -176,8 +193,11 @@ def evaluate(runner, dataset, metrics: tuple[str, ...] = ("st20",), *, batch_siz
     def score(outputs, indices: list[int]) -> None:
         """Post-processing and metric updates of one batch (the helper thread)."""
         scores, offsets, anchors = outputs
-        dets = {v: postprocess(scores, offsets, anchors, variant=v, nms=st25_nms if v == "st25" else "torch")
-                for v in variants}
+        if deploy is not None:  # the firmware's detections, scored by every metric
+            dets = dict.fromkeys(variants + ["st25"], deploy(scores, offsets, anchors))
+        else:
+            dets = {v: postprocess(scores, offsets, anchors, variant=v, nms=st25_nms if v == "st25" else "torch")
+                    for v in variants}
         for variant in variants:  # dataset indices as ids: score ties go in dataset order
             evaluators[variant].update(dets[variant], [records[i].boxes for i in indices],
                                        [records[i].labels for i in indices], indices)

@@ -53,7 +53,7 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {
-    # The firmware's: confident boxes only; torchvision's batched NMS, on the tensors' device.
+    # The firmware's: confident boxes only; per-class torchvision NMS, on the tensors' device (= ssd_mnv1/c).
     "deploy": Variant(0.5, 0.5, 100, clip=True, suppress_at_threshold=False, tf_corners=False, stable_ties=False),
     # ST 2.0 (Padilla evaluator): greedy NMS in Python floats on unclipped boxes, nothing capped.
     "st20": Variant(0.001, 0.5, None, clip=False, suppress_at_threshold=True, tf_corners=False, stable_ties=True),
@@ -122,10 +122,18 @@ def _as_tensor(x) -> torch.Tensor:
 
 def _torchvision_nms(boxes: torch.Tensor, probs: torch.Tensor, score_threshold: float, iou_threshold: float,
                      cap: int | None) -> Detections:
+    """The deploy recipe, which the C post-processor (``ssd_mnv1/c``) computes detection for detection:
+    candidates in (anchor, class) order; each class's NMS on its own boxes (torchvision's CPU NMS
+    visits equal scores in index order); the kept boxes merged by score, ties in candidate order."""
     cls_probs = probs[:, 1:]
     idx, cls = torch.nonzero(cls_probs > score_threshold, as_tuple=True)
     det_boxes, det_scores = boxes[idx], cls_probs[idx, cls]
-    keep = ops.batched_nms(det_boxes, det_scores, cls, iou_threshold)
+    # per class on the boxes themselves: batched_nms shifts each class's coordinates (its
+    # coordinate trick), which rounds them, and merges with an unstable sort above 1,000 boxes
+    kept = [rows[ops.nms(det_boxes[rows], det_scores[rows], iou_threshold)]
+            for rows in (torch.nonzero(cls == c).flatten() for c in torch.unique(cls).tolist())]
+    keep = torch.cat(kept).sort().values if kept else idx.new_zeros(0)
+    keep = keep[torch.sort(det_scores[keep], descending=True, stable=True).indices]
     if cap is not None:
         keep = keep[:cap]
     return Detections(det_boxes[keep], det_scores[keep], cls[keep] + 1)

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ssd_mnv1 import load_image, preprocess, resize
-from ssd_mnv1.preprocess import tf_nearest_indices
+from ssd_mnv1.preprocess import resize_uint8, tf_nearest_indices
 
 
 def test_nearest_uses_tf_half_pixel_centres_not_torch_legacy():
@@ -23,13 +23,31 @@ def test_preprocess_scales_to_minus_one_one_and_is_chw():
     assert x[:, :, :2].eq(-1).all() and x[:, :, 2:].eq(1).all()
 
 
-def test_bilinear_option_matches_tf_half_pixel_bilinear():
+@pytest.mark.parametrize("shape, size", [((37, 53), 16), ((37, 53), 224), ((480, 640), 224), ((256, 256), 192)])
+def test_bilinear_option_matches_tf_half_pixel_bilinear(shape, size):
     rng = np.random.default_rng(0)
-    img = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    out = resize(img, 16, "bilinear")
-    ref = F.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None].float(), size=(16, 16),
+    img = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    out = resize(img, size, "bilinear")
+    ref = F.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None].float(), size=(size, size),
                         mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
-    assert np.allclose(out, ref)
+    assert out.dtype == np.float32 and np.abs(out - ref).max() < 5e-3  # torch's source grid rounds differently
+    tf = pytest.importorskip("tensorflow")
+    tf_ref = tf.image.resize(img[None].astype(np.float32), (size, size), method="bilinear", antialias=False)[0]
+    assert np.abs(out - tf_ref.numpy()).max() < 1e-4  # TF's own, to float32 rounding
+
+
+def test_bilinear_pixels_do_not_depend_on_the_torch_thread_count():
+    # the training image cache holds these pixels: F.interpolate's differ at 1 and at 2 threads
+    img = np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(resize_uint8(img, 192, "bilinear"))
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(*results)
 
 
 def test_pil_greyscale_and_rgba_inputs_are_converted_to_rgb():

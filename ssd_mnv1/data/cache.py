@@ -29,7 +29,7 @@ from ..fileio import atomic_path, atomic_write_text
 from ..preprocess import resize_uint8
 
 #: Bump when the pixels a cache holds for the same inputs change (decoder, resize, rounding).
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: bilinear in numpy, the same pixels at any torch thread count
 #: The environment variable that moves the default cache folder.
 CACHE_ENV = "SSD_MNV1_CACHE"
 
