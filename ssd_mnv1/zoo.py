@@ -67,34 +67,47 @@ class STFiles:
     config: Path
 
 
-def _release(size: int, sha256: tuple[str, str], ap: dict[str, float], stm32: dict[str, float]) -> STRelease:
+#: The input sizes ST released; the tables below give one value per size, in this order.
+_SIZES = (192, 224, 256)
+#: sha256 of each size's (.h5, int8 .tflite), as ST's repository holds them at :data:`ZOO_COMMIT`.
+_SHA256 = (
+    ("80ac12fbaaefcfd1ba7518244e93dff77a504b57bff4158097624d9da6c7b985",
+     "400d49a932dfb9cd983893248c58a3a34e7adfe457b1ea5dd39e7c960f5444d2"),
+    ("66cf856851056d81646d1de797433fbaaeaca3ad659576d11f3c68ab7f4f2e5e",
+     "93d2fc8c9895ed53ec27ddb9f283078cd72742c8dd7d35d16fab798dcf168660"),
+    ("277406a2746574fec8e5bef11eb33300e4ca92e772a1e4191fc9b7bfd4b0df86",
+     "b2d7835399f7246a1c4c8438daa8499b930a496512eb5f9c832802a5ae6fca80"),
+)
+#: Published ST-AP (%) per ``Card.key``, at 192 / 224 / 256.
+_PUBLISHED_AP = {
+    "card_20_int8": (33.70, 44.45, 46.26),
+    "card_now_int8": (35.80, 46.10, 50.50),
+    "card_now_float": (35.80, 46.90, 51.00),
+}
+#: Published STM32 figures (label with its unit and tool), at 192 / 224 / 256 in ST's order; None:
+#: not published for that size.
+_STM32 = {
+    "H7 activation RAM KiB (Cube.AI 8.1)": (249.54, 366.15, 439.34),
+    "H7 weights flash KiB (Cube.AI 8.1)": (438.28, 595.66, 595.66),
+    "H7 activation RAM KiB (Cube.AI 10.0)": (266.3, 379.6, 456.1),
+    "H7 weights flash KiB (Cube.AI 10.0)": (483.16, 675.64, 675.64),
+    "STM32H747 @400 MHz ms": (149.18, 218.99, 267.18),
+    "STM32MP157F (2xA7) ms": (67.80, 100.20, 119.00),
+    "STM32MP257F NPU ms": (12.34, 18.65, 14.33),
+    "STM32N6570 NPU ms": (None, 9.63, 10.37),
+}
+
+
+def _release(column: int) -> STRelease:
+    size = _SIZES[column]
     stem = f"st_ssd_mobilenet_v1_025_{size}"
-    return STRelease(size, 0.25, stem, f"{stem}.h5", f"{stem}_int8.tflite", f"{stem}_config.yaml", *sha256,
-                     MappingProxyType(ap), MappingProxyType(stm32))
+    ap = {key: values[column] for key, values in _PUBLISHED_AP.items()}
+    stm32 = {label: values[column] for label, values in _STM32.items() if values[column] is not None}
+    return STRelease(size, 0.25, stem, f"{stem}.h5", f"{stem}_int8.tflite", f"{stem}_config.yaml",
+                     *_SHA256[column], MappingProxyType(ap), MappingProxyType(stm32))
 
 
-RELEASES: Mapping[int, STRelease] = MappingProxyType({r.input_size: r for r in (
-    _release(192, ("80ac12fbaaefcfd1ba7518244e93dff77a504b57bff4158097624d9da6c7b985",
-                   "400d49a932dfb9cd983893248c58a3a34e7adfe457b1ea5dd39e7c960f5444d2"),
-             {"card_20_int8": 33.70, "card_now_int8": 35.80, "card_now_float": 35.80},
-             {"H7 activation RAM KiB (Cube.AI 8.1)": 249.54, "H7 weights flash KiB (Cube.AI 8.1)": 438.28,
-              "H7 activation RAM KiB (Cube.AI 10.0)": 266.3, "H7 weights flash KiB (Cube.AI 10.0)": 483.16,
-              "STM32H747 @400 MHz ms": 149.18, "STM32MP157F (2xA7) ms": 67.80, "STM32MP257F NPU ms": 12.34}),
-    _release(224, ("66cf856851056d81646d1de797433fbaaeaca3ad659576d11f3c68ab7f4f2e5e",
-                   "93d2fc8c9895ed53ec27ddb9f283078cd72742c8dd7d35d16fab798dcf168660"),
-             {"card_20_int8": 44.45, "card_now_int8": 46.10, "card_now_float": 46.90},
-             {"H7 activation RAM KiB (Cube.AI 8.1)": 366.15, "H7 weights flash KiB (Cube.AI 8.1)": 595.66,
-              "H7 activation RAM KiB (Cube.AI 10.0)": 379.6, "H7 weights flash KiB (Cube.AI 10.0)": 675.64,
-              "STM32H747 @400 MHz ms": 218.99, "STM32MP157F (2xA7) ms": 100.20, "STM32MP257F NPU ms": 18.65,
-              "STM32N6570 NPU ms": 9.63}),
-    _release(256, ("277406a2746574fec8e5bef11eb33300e4ca92e772a1e4191fc9b7bfd4b0df86",
-                   "b2d7835399f7246a1c4c8438daa8499b930a496512eb5f9c832802a5ae6fca80"),
-             {"card_20_int8": 46.26, "card_now_int8": 50.50, "card_now_float": 51.00},
-             {"H7 activation RAM KiB (Cube.AI 8.1)": 439.34, "H7 weights flash KiB (Cube.AI 8.1)": 595.66,
-              "H7 activation RAM KiB (Cube.AI 10.0)": 456.1, "H7 weights flash KiB (Cube.AI 10.0)": 675.64,
-              "STM32H747 @400 MHz ms": 267.18, "STM32MP157F (2xA7) ms": 119.00, "STM32MP257F NPU ms": 14.33,
-              "STM32N6570 NPU ms": 10.37}),
-)})
+RELEASES: Mapping[int, STRelease] = MappingProxyType({size: _release(i) for i, size in enumerate(_SIZES)})
 
 
 def st_release(size: int) -> STRelease:
