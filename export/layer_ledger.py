@@ -103,17 +103,13 @@ class _Graph:
         return np.array(self.file.constant(index))
 
     def feed(self, image: np.ndarray) -> None:
-        from ssd_mnv1.preprocess import normalize
+        """Run one image, its raw pixels as the device feeds them."""
+        from ssd_mnv1.runners import prepare_quantized_input
 
-        dtype = self.input["dtype"]
-        if dtype == np.float32:
-            x = normalize(image[None])
-        elif dtype == np.uint8:  # raw pixels, as the device feeds them (scale 1/127.5, zp 127)
-            x = image[None].astype(np.uint8)
-        elif dtype == np.int8:
-            x = (image[None].astype(np.int16) - 128).astype(np.int8)
-        else:
-            raise ValueError(f"{self.path}: unsupported input dtype {dtype}")
+        try:
+            x = prepare_quantized_input(image, self.input["dtype"], self.input["quantization"], "raw")
+        except ValueError as exc:
+            raise ValueError(f"{self.path}: {exc}") from None
         self.interpreter.set_tensor(self.input["index"], x)
         self.interpreter.invoke()
 

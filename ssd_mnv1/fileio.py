@@ -31,6 +31,13 @@ class OutputError(OSError):
     message names the path. Nothing was left under the path or beside it."""
 
 
+def user_cache_dir(name: str) -> Path:
+    """``$XDG_CACHE_HOME/ssd_mnv1/<name>``, else ``~/.cache/ssd_mnv1/<name>``: where the project keeps
+    what it can rebuild or download again (each cache also has its own environment override)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ssd_mnv1" / name
+
+
 def _named(path: Path, what: str | None) -> str:
     return f"{what} {path}" if what else str(path)
 

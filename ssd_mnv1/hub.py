@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from .download import ChecksumError, DownloadError, download_file, file_digest, part_path
+from .fileio import user_cache_dir
 from .zoo import MODEL_ZOO, STFiles, ZooFile, st_files, st_release, zoo_file
 
 #: The environment variable that moves the download cache.
@@ -47,8 +48,7 @@ def zoo_dir() -> Path:
     """``$SSD_MNV1_HOME``, else ``$XDG_CACHE_HOME/ssd_mnv1/zoo``, else ``~/.cache/ssd_mnv1/zoo``."""
     if os.environ.get(HOME_ENV):
         return Path(os.environ[HOME_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ssd_mnv1" / "zoo"
+    return user_cache_dir("zoo")
 
 
 def cached_path(name: str) -> Path:

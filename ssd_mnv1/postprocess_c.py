@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .fileio import atomic_path
+from .fileio import atomic_path, user_cache_dir
 from .postprocess import VARIANTS, Detections
 
 #: The C sources (package data): the post-processor and its header.
@@ -64,8 +64,7 @@ def cache_dir() -> Path:
     """``$SSD_MNV1_CACHE/c``, else ``$XDG_CACHE_HOME/ssd_mnv1/c``, else ``~/.cache/ssd_mnv1/c``."""
     if os.environ.get("SSD_MNV1_CACHE"):
         return Path(os.environ["SSD_MNV1_CACHE"]) / "c"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ssd_mnv1" / "c"
+    return user_cache_dir("c")
 
 
 def compiler() -> str:

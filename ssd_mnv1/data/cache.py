@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..fileio import atomic_path, atomic_write_text
+from ..fileio import atomic_path, atomic_write_text, user_cache_dir
 from ..preprocess import resize_uint8
 
 #: Bump when the pixels a cache holds for the same inputs change (decoder, resize, rounding).
@@ -38,8 +38,7 @@ def default_cache_dir() -> Path:
     """``$SSD_MNV1_CACHE``, else ``$XDG_CACHE_HOME/ssd_mnv1/images``, else ``~/.cache/ssd_mnv1/images``."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ssd_mnv1" / "images"
+    return user_cache_dir("images")
 
 
 def fingerprint(dataset) -> list:

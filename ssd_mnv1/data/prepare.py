@@ -46,15 +46,16 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
+from ..download import download_file
+from ..fileio import user_cache_dir
 from ..progress import progress as progress_bar
 from .datasets import check_coco_structure, coco_bbox, coco_category_labels
-from ..download import download_file
 from .writer import DatasetWriter, yolo_line
 
 DEFAULT_BASE_URL = "http://images.cocodataset.org"
 SPLITS = ("train2017", "val2017")
 ANNOTATIONS_ZIP = "annotations_trainval2017.zip"
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ssd_mnv1" / "coco2017"
+DEFAULT_CACHE = user_cache_dir("coco2017")
 
 #: Official archive sizes and md5 sums, as published by several public download scripts
 #: (torchvision-style dataset loaders, MLPerf); not re-downloaded here. Override with --checksums.
