@@ -3,7 +3,8 @@ the Python deploy post-processing, on the same TFLM outputs.
 
     python bench/tflm_c_parity.py FILE_MCU.tflite --data DIR [--limit N] [--json OUT]
 
-FILE_MCU is an int8 ``--mcu`` export. TFLM runs each image once; its outputs are post-processed by
+FILE_MCU is an int8 ``--mcu`` export (float outputs, or ``--int8-outputs``: then the C is fed TFLM's
+int8 codes with their scales, as on the device). TFLM runs each image once; its outputs are post-processed by
 ``ssd_mnv1.postprocess`` (variant ``deploy``) and by ``ssd_mnv1/c/ssd_postprocess.c`` (through
 ctypes: ``evaluate --postprocess c``), and both are scored by the same evaluator (ST-AP 2.0 and
 2025 of the deploy detections). Also counts the images whose detections differ at all (boxes,
@@ -16,11 +17,13 @@ import argparse
 import json
 import time
 
+import numpy as np
 import torch
 
 from ssd_mnv1.data import open_dataset
 from ssd_mnv1.evaluation import evaluate, resize_all
 from ssd_mnv1.fileio import atomic_write_text
+from ssd_mnv1.int8 import dequantize
 from ssd_mnv1.postprocess import postprocess
 from ssd_mnv1.postprocess_c import postprocess_c
 from ssd_mnv1.runners import TFLMRunner
@@ -47,6 +50,15 @@ def _same(a, b) -> bool:
                                                                   (a.labels, b.labels)))
 
 
+def _codes(values: np.ndarray, quantization: tuple[float, int]) -> np.ndarray:
+    """TFLM's int8 codes back from their dequantized values (exact: checked by dequantizing again)."""
+    scale, zero_point = quantization
+    codes = np.clip(np.rint(values.astype(np.float64) / np.float32(scale)) + zero_point, -128, 127).astype(np.int8)
+    if not np.array_equal(dequantize(codes, scale, zero_point), values):
+        raise RuntimeError("the int8 codes could not be recovered from the dequantized outputs")
+    return codes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model")
@@ -67,11 +79,18 @@ def main() -> None:
                         "seconds": round(time.perf_counter() - t0, 1)}
     differ = detections = 0
     t_py = t_c = 0.0
+    tflm = runner.runner
+    int8_outputs = tflm.num_outputs == 2  # export --int8-outputs: the C gets TFLM's int8 codes, as on the device
+    quantization = dict(zip(("scores", "offsets"), tflm.output_quantization))
     for outs in runner.outputs.values():
+        c_inputs = outs
+        if int8_outputs:
+            codes = [_codes(x, quantization[name]) for x, name in zip(outs[:2], ("scores", "offsets"))]
+            c_inputs = (*codes, outs[2])
         t0 = time.perf_counter()
         py = postprocess(*outs)
         t1 = time.perf_counter()
-        c = postprocess_c(*outs)
+        c = postprocess_c(*c_inputs, quantization=quantization if int8_outputs else None)
         t_c += time.perf_counter() - t1
         t_py += t1 - t0
         differ += sum(not _same(a, b) for a, b in zip(py, c))

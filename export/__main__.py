@@ -1,7 +1,8 @@
 """Export a checkpoint or .h5 to ONNX / QDQ ONNX / TFLite float32 / TFLite int8 with ST's I/O contract.
 
     python -m ssd_mnv1.export MODEL --to onnx|onnx-qdq|tflite-fp32|tflite-int8|c [...] --out DIR
-                              [--calib DIR] [--per-tensor] [--no-equalize] [--mcu] [--ledger DATA_DIR]
+                              [--calib DIR] [--per-tensor] [--no-equalize] [--mcu] [--int8-outputs]
+                              [--no-memory-plan] [--ledger DATA_DIR]
     python -m ssd_mnv1.export FILE_int8_mcu.tflite --to c --out DIR [--classes NAME ...]
 
 Each target includes the stages it needs (tflite-int8: onnx, tflite-fp32; onnx-qdq: onnx); give
@@ -13,7 +14,12 @@ STM32MP25 NPU); a float model exported per tensor is equalized first (--no-equal
 --mcu writes the TFLite files with a static batch of 1 and the anchors as a plain int8 constant
 (RESHAPE + DEQUANTIZE; no SHAPE/STRIDED_SLICE/TILE), for TensorFlow Lite Micro, which has no TILE
 kernel: the same network, outputs and quantization, names ending in _mcu (with the mcu extra
-installed, the int8 file is loaded and run in TFLM once and its arena size printed).
+installed, the int8 file is loaded and run in TFLM once and its arena size printed). The --mcu files
+carry an offline memory plan (TFLM places the activations at its offsets: the live-set peak, 25 %
+below TFLM's own planner on ST's models; --no-memory-plan: not).
+--int8-outputs: the int8 file outputs its int8 scores and offsets (scale and zero point in the file)
+and no anchors, which the host or the C bundle holds (the values of the float file's anchors
+output); the same integers as ST's float contract, which stays the default. Name ends _int8out.
 --to c (with --mcu) also writes DIR/<stem>_int8_mcu_bundle/: the int8 file as a C array, model_config.h
 (input, NA, classes, quantization, TFLM's measured arena + margin), the op resolver, the anchors and
 the C post-processor, for a TensorFlow Lite Micro project (docs/deployment.md); an --mcu .tflite MODEL
@@ -59,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mcu", action="store_true",
                         help="static batch 1 and no batch-dependent op, so that TensorFlow Lite Micro loads the "
                              "TFLite files (ST's files and the default export tile the anchors over a dynamic batch)")
+    parser.add_argument("--int8-outputs", action="store_true",
+                        help="the int8 file outputs int8 scores and offsets (no anchors output) instead of ST's "
+                             "three float32 outputs")
+    parser.add_argument("--memory-plan", action=argparse.BooleanOptionalAction, default=True,
+                        help="embed an offline TFLM memory plan in the --mcu files (default on)")
     parser.add_argument("--ledger", metavar="DATA_DIR", help="evaluate every stage on this dataset")
     parser.add_argument("--ledger-limit", type=int, help="evaluate only the first N ledger images")
     parser.add_argument("--layer-ledger", action=argparse.BooleanOptionalAction, default=True,
@@ -86,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow()
     t0 = time.perf_counter()
     result = export(args.model, args.out, tuple(args.to), calib=args.calib, calib_count=args.calib_count,
-                    per_tensor=args.per_tensor, equalize=args.equalize, mcu=args.mcu)
+                    per_tensor=args.per_tensor, equalize=args.equalize, mcu=args.mcu,
+                    int8_outputs=args.int8_outputs, memory_plan=args.memory_plan)
     print(f"export chain done in {time.perf_counter() - t0:.1f} s")
     if args.ledger:
         ledger = build_ledger(args.model, result, args.ledger, limit=args.ledger_limit, int8_input=args.int8_input)

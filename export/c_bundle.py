@@ -11,7 +11,8 @@ project (``python -m ssd_mnv1.export MODEL --to c --mcu ...``, or ``--to c`` on 
 * ``model_op_resolver.h``: the file's ops as a ``tflite::MicroMutableOpResolver`` (C++);
 * ``model_anchors.c`` / ``.h``: the anchors exactly as the model's third output holds them (the
   file's int8 constant, its scale and zero point: the C dequantizes them as TFLM's DEQUANTIZE does,
-  so they equal that output bit for bit, 4x smaller than floats);
+  so they equal that output bit for bit, 4x smaller than floats); for a file with int8 outputs
+  (``export --int8-outputs``, no anchors output) the same codes, from :func:`ssd_mnv1.anchors.int8_anchors`;
 * ``ssd_postprocess.c`` / ``.h`` (this package's ``ssd_mnv1/c``): the deploy post-processing;
 * ``main_example.cc`` (a TFLM main loop) and ``README.txt``.
 
@@ -24,17 +25,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ssd_mnv1.anchors import generate_anchors
+from ssd_mnv1.anchors import generate_anchors, int8_anchors
 from ssd_mnv1.fileio import atomic_folder
+from ssd_mnv1.int8 import dequantize
 from ssd_mnv1.model import resolve_class_names
 from ssd_mnv1.postprocess_c import C_DIR
-from ssd_mnv1.tflite_file import Graph, read as read_tflite
+from ssd_mnv1.memory_plan import plan_file, read_plan
+from ssd_mnv1.tflite_file import Graph, parse as parse_tflite, read as read_tflite
 
 from .tflite_edit import BATCH_OPS
 
@@ -76,7 +80,8 @@ class BundleInfo:
     input_quantization: tuple[float, int]
     num_anchors: int
     class_names: tuple[str, ...]
-    #: output name -> (index, int8 (scale, zero point) inside the graph before its DEQUANTIZE)
+    #: output name -> (index, int8 (scale, zero point) inside the graph before its DEQUANTIZE, or of the
+    #: int8 output itself); the anchors of an int8-output file: index -1 (the bundle holds them)
     outputs: dict[str, tuple[int, tuple[float, int]]]
     ops: tuple[str, ...]
     arena_measured: int
@@ -84,6 +89,8 @@ class BundleInfo:
     arena_tail: int
     arena_bytes: int
     flatbuffer_bytes: int
+    #: The file outputs int8 scores and offsets, no anchors (``export --int8-outputs``).
+    int8_outputs: bool = False
 
 
 def _c_float(x: float) -> str:
@@ -144,25 +151,37 @@ def describe(tflite_path: str | os.PathLike, class_names: Sequence[str] | None =
     if inp.type_name not in ("UINT8", "INT8") or inp.quantization.per_tensor is None:
         raise ValueError(f"{path}: a {inp.type_name} input; the bundle takes the int8 --mcu file "
                          "(*_int8_mcu.tflite), not the float one")
-    if len(graph.outputs) != 3:
-        raise ValueError(f"{path}: {len(graph.outputs)} outputs; an SSD detector has 3 (scores, offsets, anchors)")
+    if len(graph.outputs) not in (2, 3):
+        raise ValueError(f"{path}: {len(graph.outputs)} outputs; an SSD detector has 3 (scores, offsets, anchors), "
+                         "or 2 int8 ones (scores, offsets: export --int8-outputs)")
+    int8_outputs = len(graph.outputs) == 2
     shapes = [graph.tensors[i].shape for i in graph.outputs]
     num_anchors = int(shapes[0][1])
-    if any(len(s) != 3 or s[1] != num_anchors for s in shapes) or shapes[1][2] != 4 or shapes[2][2] != 4:
+    if any(len(s) != 3 or s[1] != num_anchors for s in shapes) or any(s[2] != 4 for s in shapes[1:]):
         raise ValueError(f"{path}: outputs of shapes {[list(s) for s in shapes]}; expected ST's (scores, offsets, "
-                         "anchors) = (1, NA, 1 + C), (1, NA, 4), (1, NA, 4)")
+                         "anchors) = (1, NA, 1 + C), (1, NA, 4), (1, NA, 4), or the first two in int8")
     classes = int(shapes[0][2]) - 1
     if class_names is not None and len(class_names) != classes:
         raise ValueError(f"{path}: the file scores {classes} class(es), --classes names {len(class_names)}: "
                          f"{list(class_names)}")
     names = resolve_class_names(num_classes=classes, class_names=class_names)
     outputs = {}
-    for k, name in enumerate(("scores", "offsets", "anchors")):
-        outputs[name] = (k, _quantized_input_of(graph, graph.outputs[k], path)[1])
-    constant = _anchor_constant(graph, graph.tensors[graph.producers()[graph.outputs[2]].inputs[0]].index, path)
-    codes = tfl.constant(constant).reshape(num_anchors, 4)
-    scale, zero = outputs["anchors"][1]
     size = int(inp.shape[1])
+    if int8_outputs:  # the int8 tensors are the outputs; the anchors are the host's (the bundle's)
+        for k, name in enumerate(("scores", "offsets")):
+            t = graph.tensors[graph.outputs[k]]
+            if t.type_name != "INT8" or t.quantization.per_tensor is None:
+                raise ValueError(f"{path}: a 2-output file must output int8 scores and offsets with one scale "
+                                 f"and zero point each; '{t.name}' is {t.type_name}")
+            outputs[name] = (k, t.quantization.per_tensor)
+        scale, zero, codes = int8_anchors(size)
+        outputs["anchors"] = (-1, (scale, zero))
+    else:
+        for k, name in enumerate(("scores", "offsets", "anchors")):
+            outputs[name] = (k, _quantized_input_of(graph, graph.outputs[k], path)[1])
+        constant = _anchor_constant(graph, graph.tensors[graph.producers()[graph.outputs[2]].inputs[0]].index, path)
+        codes = tfl.constant(constant).reshape(num_anchors, 4)
+        scale, zero = outputs["anchors"][1]
     expected = generate_anchors(size).numpy()
     if expected.shape != codes.shape or np.abs(scale * (codes.astype(np.float64) - zero) - expected).max() > scale:
         raise ValueError(f"{path}: the anchors constant is not the anchors of a {size} input")
@@ -170,7 +189,7 @@ def describe(tflite_path: str | os.PathLike, class_names: Sequence[str] | None =
     if unknown:
         raise ValueError(f"{path}: ops {unknown} have no entry in the bundle's op resolver table")
     info = BundleInfo(Path(), size, inp.type_name.lower(), inp.quantization.per_tensor, num_anchors, names,
-                      outputs, ops, 0, 0, 0, 0, Path(path).stat().st_size)
+                      outputs, ops, 0, 0, 0, 0, Path(path).stat().st_size, int8_outputs)
     return info, codes
 
 
@@ -186,11 +205,11 @@ def _tflm_check(tflite_path, codes: np.ndarray, info: BundleInfo):
     except TFLMUnsupportedModel as exc:
         raise ValueError(f"{exc}; the bundle needs a file TFLM loads (the --mcu int8 export)") from None
     x = np.random.default_rng(0).integers(0, 256, (info.input_size, info.input_size, 3), dtype=np.uint8)
-    anchors_out = runner.run_one(x)[info.outputs["anchors"][0]].reshape(-1, 4)
-    scale, zero = info.outputs["anchors"][1]
-    ours = (np.float64(np.float32(scale)) * (codes.astype(np.float64) - zero)).astype(np.float32)
-    if not np.array_equal(ours, anchors_out):
-        raise RuntimeError(f"{tflite_path}: the bundle's anchors differ from TFLM's anchors output")
+    outputs = runner.run_one(x)
+    if not info.int8_outputs:  # an int8-output file has no anchors output to compare with
+        scale, zero = info.outputs["anchors"][1]
+        if not np.array_equal(dequantize(codes, scale, zero), outputs[info.outputs["anchors"][0]].reshape(-1, 4)):
+            raise RuntimeError(f"{tflite_path}: the bundle's anchors differ from TFLM's anchors output")
     return runner.arena_report()
 
 
@@ -200,11 +219,20 @@ def write_c_bundle(tflite_path: str | os.PathLike, out_dir: str | os.PathLike,
     what ``model_config.h`` says. ``class_names``: label order (default ``person`` for one class)."""
     tflite_path = Path(tflite_path)
     info, codes = describe(tflite_path, class_names)
-    report = _tflm_check(tflite_path, codes, info)
+    data = tflite_path.read_bytes()
+    with tempfile.TemporaryDirectory(prefix="ssd_mnv1_bundle_") as tmp:
+        measured = tflite_path
+        if not read_plan(parse_tflite(data, str(tflite_path))):  # an older export: the bundle gets the plan
+            data, stats = plan_file(data, str(tflite_path))
+            measured = Path(tmp) / tflite_path.name
+            measured.write_bytes(data)
+            log(f"c bundle: {tflite_path} has no offline memory plan; the bundle's copy gets one "
+                f"({stats['plan_bytes']:,} B of activations, TFLM's own planner {stats['greedy_bytes']:,} B)")
+        report = _tflm_check(measured, codes, info)
+    info.flatbuffer_bytes = len(data)
     info.arena_measured, info.arena_head, info.arena_tail = report.arena_bytes, report.head_bytes, report.tail_bytes
     info.arena_bytes = arena_with_margin(report.arena_bytes)
     info.folder = Path(out_dir) / f"{tflite_path.stem}_bundle"
-    data = tflite_path.read_bytes()
     texts = {
         "model_data.h": _model_data_h(),
         "model_data.c": _model_data_c(tflite_path.name, data),
@@ -270,17 +298,21 @@ def _model_config_h(name: str, info: BundleInfo) -> str:
              f"#define MODEL_INPUT_HEIGHT {info.input_size}", f"#define MODEL_INPUT_WIDTH {info.input_size}",
              "#define MODEL_INPUT_CHANNELS 3", f"#define MODEL_INPUT_{info.input_type.upper()} 1",
              f"#define MODEL_INPUT_SCALE {_c_float(scale)}", f"#define MODEL_INPUT_ZERO_POINT ({zero})", "",
-             "/* Outputs (all float32 [1][NA][...]): scores (background + classes), offsets, anchors. */",
+             ("/* Outputs (int8 [1][NA][...]; real = scale * (q - zero point)): scores (background + classes), "
+              "offsets; the anchors are model_anchors.c's, not an output (-1). */" if info.int8_outputs else
+              "/* Outputs (all float32 [1][NA][...]): scores (background + classes), offsets, anchors. */"),
              f"#define MODEL_NUM_ANCHORS {info.num_anchors}",
              f"#define MODEL_NUM_CLASSES {len(info.class_names)} /* without the background */",
              f"#define MODEL_NUM_SCORE_COLUMNS {len(info.class_names) + 1}",
              "/* label k (ssd_pp_detection.class_id) is MODEL_CLASS_NAMES[k - 1] */",
              "#define MODEL_CLASS_NAMES_INIT { " + ", ".join(_c_string(n) for n in info.class_names) + " }",
-             "#define MODEL_OUTPUTS_FLOAT32 1 /* 0 in an int8-output build: the scales below then apply to them */"]
+             f"#define MODEL_OUTPUTS_FLOAT32 {0 if info.int8_outputs else 1} /* 0: int8 outputs, the scales below "
+             "apply to them */"]
+    where = "of the int8 output" if info.int8_outputs else "int8 inside the graph, before DEQUANTIZE"
     for out, (index, (q_scale, q_zero)) in info.outputs.items():
         upper = out.upper()
-        lines += [f"#define MODEL_OUTPUT_{upper} {index}",
-                  f"#define MODEL_{upper}_INT8_SCALE {_c_float(q_scale)} /* int8 inside the graph, before DEQUANTIZE */",
+        lines += [f"#define MODEL_OUTPUT_{upper} {index if index >= 0 else f'({index})'}",
+                  f"#define MODEL_{upper}_INT8_SCALE {_c_float(q_scale)} /* {where} */",
                   f"#define MODEL_{upper}_INT8_ZERO_POINT ({q_zero})"]
     lines += ["",
               "/* Tensor arena. MEASURED: TensorFlow Lite Micro's own allocation report for this file (head:",
@@ -390,8 +422,15 @@ int main(void) {
   for (;;) {
     camera_read(interpreter.input(0)->data.uint8, MODEL_INPUT_WIDTH, MODEL_INPUT_HEIGHT); /* raw pixels */
     if (interpreter.Invoke() != kTfLiteOk) return 1;
+#if MODEL_OUTPUTS_FLOAT32
     const ssd_pp_tensor scores = ssd_pp_float_tensor(interpreter.output(MODEL_OUTPUT_SCORES)->data.f);
     const ssd_pp_tensor offsets = ssd_pp_float_tensor(interpreter.output(MODEL_OUTPUT_OFFSETS)->data.f);
+#else /* int8 outputs (export --int8-outputs): the codes with their scale and zero point */
+    const ssd_pp_tensor scores = {interpreter.output(MODEL_OUTPUT_SCORES)->data.int8, SSD_PP_INT8,
+                                  MODEL_SCORES_INT8_SCALE, MODEL_SCORES_INT8_ZERO_POINT};
+    const ssd_pp_tensor offsets = {interpreter.output(MODEL_OUTPUT_OFFSETS)->data.int8, SSD_PP_INT8,
+                                   MODEL_OFFSETS_INT8_SCALE, MODEL_OFFSETS_INT8_ZERO_POINT};
+#endif
     const int32_t n = ssd_postprocess(&scores, &offsets, &anchors, MODEL_NUM_ANCHORS, MODEL_NUM_SCORE_COLUMNS,
                                       &config, &workspace, detections, SSD_PP_MAX_DETECTIONS, NULL);
     for (int32_t i = 0; i < n; ++i) show(&detections[i], class_names[detections[i].class_id - 1]);
@@ -410,7 +449,7 @@ as C99 without floating-point contraction (GCC/Clang: -ffp-contract=off) to get 
   model_config.h         input {info.input_size}x{info.input_size}x3 {info.input_type} (scale, zero point in it),
                          NA {info.num_anchors}, classes {', '.join(info.class_names)}, outputs, arena
   model_op_resolver.h    the {len(info.ops)} ops as a MicroMutableOpResolver (C++)
-  model_anchors.c/.h     the anchors as int8 codes + scale (the model's anchors output, bit for bit)
+  model_anchors.c/.h     the anchors as int8 codes + scale (the float file's anchors output, bit for bit)
   ssd_postprocess.c/.h   decode, score threshold, per-class NMS, top-k; no malloc; float or int8 outputs
   main_example.cc        a main loop
 

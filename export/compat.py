@@ -25,7 +25,8 @@ scores' at scale 1/256, zero point -128 (the offsets' and anchors' scales depend
 are notes); the order checked by content as above (a dynamic-batch file must also run at batch
 2); the anchors the file outputs equal to :func:`ssd_mnv1.anchors.generate_anchors` for S within
 one step of their int8 quantization; no custom/Flex ops. Class names are not in a TFLite file:
-only their count is checked.
+only their count is checked. The ``--int8-outputs`` variant (two **int8** outputs, scores at 1/256
+and -128 and offsets, no anchors: the host holds them) passes too, with a note saying so.
 
 Exit status 0 when compatible, 1 otherwise.
 
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         _report(diffs, notes)
         if diffs:
             return 1
-        print(f"compatible: {args.tflite} has ST's int8 I/O contract for {expected.describe()}")
+        variant = " (the int8-output variant)" if len(ours.outputs) == 2 else ""
+        print(f"compatible: {args.tflite} has ST's int8 I/O contract{variant} for {expected.describe()}")
         return 0
     ours, ref = read_contract(args.tflite), read_contract(args.reference)
     diffs, notes = compare(ours, ref)

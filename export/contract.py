@@ -94,7 +94,7 @@ def _tflm_status(path) -> str | None:
 def _probe(path) -> tuple[list[str] | None, str | None]:
     """(output roles, why batch PROBE_BATCH failed): run at batch PROBE_BATCH, else image by image."""
     from ssd_mnv1.runners import make_interpreter
-    from ssd_mnv1.runners.io import output_roles
+    from ssd_mnv1.runners.io import float_output, output_roles
 
     it = make_interpreter(path, builtin=True)
     inp = it.get_input_details()[0]
@@ -104,7 +104,8 @@ def _probe(path) -> tuple[list[str] | None, str | None]:
         it.allocate_tensors()
         it.set_tensor(inp["index"], x)
         it.invoke()
-        return output_roles([it.get_tensor(d["index"]) for d in it.get_output_details()]), None
+        return output_roles([float_output(it.get_tensor(d["index"]), d["quantization"])
+                             for d in it.get_output_details()]), None
     except (RuntimeError, ValueError) as exc:
         error = " ".join(str(exc).split())[:200]
     it = make_interpreter(path, builtin=True)
@@ -113,7 +114,8 @@ def _probe(path) -> tuple[list[str] | None, str | None]:
     for image in x:
         it.set_tensor(inp["index"], image[None])
         it.invoke()
-        per_image.append([it.get_tensor(d["index"]) for d in it.get_output_details()])
+        per_image.append([float_output(it.get_tensor(d["index"]), d["quantization"])
+                          for d in it.get_output_details()])
     return output_roles([np.concatenate(outs) for outs in zip(*per_image)]), error
 
 
@@ -296,10 +298,18 @@ def compare_expected(path: str | os.PathLike, ours: Contract, expected: Expected
         if not math.isclose(d["scale"], INPUT_SCALE, rel_tol=1e-6) or d["zero_point"] != INPUT_ZERO_POINT:
             diffs.append(f"{where}: quantization scale {d['scale']:.9g} zp {d['zero_point']} vs expected scale "
                          f"{INPUT_SCALE:.9g} (1/127.5) zp {INPUT_ZERO_POINT}")
+    int8_outputs = len(ours.outputs) == 2 and all(d["dtype"] == "int8" for d in ours.outputs)
     want = {"scores": [1, na, 1 + c], "offsets": [1, na, 4], "anchors": [1, na, 4]}
-    if len(ours.outputs) != 3:
-        diffs.append(f"outputs: {len(ours.outputs)} vs expected 3 (scores, offsets, anchors)")
-    quant = output_quantization(path) if len(ours.outputs) == 3 else [None] * len(ours.outputs)
+    if int8_outputs:
+        del want["anchors"]
+        notes.append("outputs: int8 scores and offsets, no anchors output (the --int8-outputs variant: the host "
+                     "holds the anchors, ssd_mnv1.anchors.deployed_anchors, the float file's anchors output)")
+        quant = [(d["scale"], d["zero_point"]) if d["scale"] else None for d in ours.outputs]
+    else:
+        if len(ours.outputs) != 3:
+            diffs.append(f"outputs: {len(ours.outputs)} vs expected 3 (scores, offsets, anchors), or 2 int8 ones "
+                         "(scores, offsets: the --int8-outputs variant)")
+        quant = output_quantization(path) if len(ours.outputs) == 3 else [None] * len(ours.outputs)
     for i, (d, role, q) in enumerate(zip(ours.outputs, want, quant)):
         where = f"output {i} ('{d['name']}', expected {role})"
         if d["shape"] != want[role]:
@@ -307,10 +317,11 @@ def compare_expected(path: str | os.PathLike, ours: Contract, expected: Expected
                          + (f": 1 + {c} score columns" if role == "scores" else "") + ")")
         if d["shape_signature"][1:] != want[role][1:] and d["shape"][1:] == want[role][1:]:
             diffs.append(f"{where}: shape signature {d['shape_signature']} vs expected {[batch, *want[role][1:]]}")
-        if d["dtype"] != "float32":
+        if d["dtype"] != "float32" and not int8_outputs:
             diffs.append(f"{where}: dtype {d['dtype']} vs expected float32 (the DEQUANTIZE of an int8 tensor)")
         if q is None:
-            diffs.append(f"{where}: not the DEQUANTIZE of an int8 tensor (ST's outputs are)")
+            diffs.append(f"{where}: " + ("an int8 output without a scale and zero point" if int8_outputs else
+                                         "not the DEQUANTIZE of an int8 tensor (ST's outputs are)"))
         elif role == "scores" and (not math.isclose(q[0], SCORE_QUANTIZATION[0], rel_tol=1e-6)
                                    or q[1] != SCORE_QUANTIZATION[1]):
             diffs.append(f"{where}: int8 quantization scale {q[0]:.9g} zp {q[1]} vs expected scale "

@@ -47,21 +47,41 @@ class ExportResult:
     mcu: bool = False
     #: With ``mcu`` and tflite-micro installed: the arena bytes TFLM allocated for the int8 file.
     tflm_arena_bytes: int | None = None
+    #: Per ``mcu`` TFLite file: its offline memory plan's head bytes, TFLM's greedy planner's and the
+    #: live-set peak (:func:`ssd_mnv1.memory_plan.plan_file`).
+    memory_plans: dict[str, dict] = field(default_factory=dict)
 
 
 def models_for_export(path: str | os.PathLike):
     """(float model to export, the QAT model it came from or None) from a ``.ckpt`` or an ``.h5``.
 
     A QAT model is exported through :func:`~ssd_mnv1.quantization.to_float`: folded weights on the
-    int8 grid, from which the TFLite converter re-derives the same weight scales.
+    int8 grid, from which the TFLite converter re-derives the same weight scales; one whose guard
+    kept its post-training start, with its folded float weights, as that start's own export.
     """
     from ssd_mnv1.loading import load_model
     from ssd_mnv1.quantization import is_qat, to_float
 
     model = load_model(path).eval()
     if is_qat(model):
-        return to_float(model).eval(), model
+        guard = getattr(model, "qat_guard", None) or {}
+        # the guard kept the post-training start: export it as the post-training export would
+        return to_float(model, on_grid=guard.get("kept") != "ptq_start").eval(), model
     return model, None
+
+
+def qat_guard_text(guard: dict | None) -> str:
+    """What a QAT checkpoint holds, from its guard record (QuantizationAwareTraining.guard)."""
+    if not guard:
+        return "QAT checkpoint: the weights QAT ended with (the run had no guard against its post-training start)"
+    which = ("the QAT weights, whose gain over the post-training start the guard's split resolves"
+             if guard["kept"] == "qat" else
+             "its post-training start: QAT did not end resolvably above it, and the guard kept the start")
+    interval = (f", gain {guard['gain']:+.2f} [{guard['gain_low']:+.2f}, {guard['gain_high']:+.2f}]"
+                if "gain" in guard else "")
+    return (f"QAT checkpoint: holds {which} (ST-AP on {guard.get('data', 'the run validation set')}: start "
+            f"{guard['start_st_ap']:.2f}, after QAT {guard['qat_st_ap']:.2f}{interval}); exported as "
+            + ("trained" if guard["kept"] == "qat" else "the post-training export of that start"))
 
 
 def _targets(to: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -74,7 +94,8 @@ def _targets(to: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str | tuple[str, ...] = "tflite-int8", *,
            calib: str | os.PathLike | None = None, calib_count: int = 100, per_tensor: bool = False,
-           equalize: bool | None = None, mcu: bool = False, log=print) -> ExportResult:
+           equalize: bool | None = None, mcu: bool = False, int8_outputs: bool = False, memory_plan: bool = True,
+           log=print) -> ExportResult:
     """Run the chain up to every target in ``to`` (each includes the stages it needs).
 
     Int8 targets quantize per channel, or per tensor. A float model exported per tensor is first
@@ -91,6 +112,11 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str | 
 
     ``c`` in ``to`` (needs ``mcu`` and the ``mcu`` extra): the int8 file's C bundle for a TFLM
     project, ``<stem>_int8_mcu_bundle/`` (:mod:`ssd_mnv1.export.c_bundle`).
+
+    ``int8_outputs``: the int8 file's outputs are its int8 scores and offsets, without anchors
+    (:func:`~ssd_mnv1.export.tflite_edit.int8_outputs`; name ending ``_int8out``). ``memory_plan``
+    (default): the ``mcu`` files carry an offline memory plan at the live-set peak, which TFLM uses
+    instead of its greedy planner (:mod:`ssd_mnv1.memory_plan`).
     """
     from ssd_mnv1.quantization.equalize import correct_bias, equalize as equalize_model
     from ssd_mnv1.quantization.qat import per_tensor_weights
@@ -99,6 +125,8 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str | 
     if "c" in targets and not mcu:
         raise ValueError("--to c bundles the int8 file for TensorFlow Lite Micro, which loads only the --mcu "
                          "export: add --mcu")
+    if int8_outputs and "tflite-int8" not in targets:
+        raise ValueError("--int8-outputs applies to the int8 TFLite file: add --to tflite-int8 (or c)")
     quantized = any(t in ("onnx-qdq", "tflite-int8") for t in targets)
     if quantized and calib is None:
         raise ValueError(f"--to {' '.join(t for t in targets if t in ('onnx-qdq', 'tflite-int8'))} needs --calib DIR "
@@ -111,6 +139,8 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str | 
     if qat is not None and equalize:
         raise ValueError(f"{model_path}: a QAT checkpoint is exported as trained; equalize its float model "
                          "before QAT (QuantizationAwareTraining.equalize)")
+    if qat is not None:
+        log(qat_guard_text(getattr(qat, "qat_guard", None)))
     equalize = (per_tensor if equalize is None else equalize) and qat is None and quantized
     size = model.input_size
     calib_data = calibration_images(calib, size, calib_count) if quantized else None
@@ -179,6 +209,8 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str | 
         t0 = time.perf_counter()
         fp32 = tflite_edit.finalize_outputs(tf_stage.to_tflite_float(saved), anchors, quantized=False,
                                             static_batch=mcu)
+        if mcu and memory_plan:
+            fp32 = _with_memory_plan(fp32, "tflite-fp32", result, log)
         result.files["tflite-fp32"] = _write(out_dir / f"{stem}_float32{suffix}.tflite", fp32)
         if mcu:
             _no_batch_ops(result.files["tflite-fp32"])
@@ -195,7 +227,11 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, to: str | 
             saved = _saved_model(int8_onnx, tmp / "int8_source", static_batch=mcu)
         int8 = tf_stage.to_tflite_int8(saved, calib_data, per_tensor=per_tensor)
         int8 = tflite_edit.finalize_outputs(int8, anchors, quantized=True, static_batch=mcu)
-        name = f"{stem}_int8{'_per_tensor' if per_tensor else ''}{suffix}.tflite"
+        if int8_outputs:
+            int8 = tflite_edit.int8_outputs(int8, "the int8 file")
+        if mcu and memory_plan:
+            int8 = _with_memory_plan(int8, "tflite-int8", result, log)
+        name = f"{stem}_int8{'_per_tensor' if per_tensor else ''}{suffix}{'_int8out' if int8_outputs else ''}.tflite"
         result.files["tflite-int8"] = _write(out_dir / name, int8)
         result.timings["tflite-int8"] = time.perf_counter() - t0
         ops = tflite_edit.op_list(result.files["tflite-int8"])
@@ -234,6 +270,7 @@ def tflite_parity(path: str | os.PathLike, model: torch.nn.Module, pixels: np.nd
     """
     from ssd_mnv1.preprocess import normalize
     from ssd_mnv1.runners import make_interpreter
+    from ssd_mnv1.runners.io import float_output
 
     it = make_interpreter(path, builtin=True)
     it.allocate_tensors()
@@ -245,15 +282,16 @@ def tflite_parity(path: str | os.PathLike, model: torch.nn.Module, pixels: np.nd
         x = image[None].astype(np.uint8) if inp["dtype"] == np.uint8 else normalize(image[None])
         it.set_tensor(inp["index"], x)
         it.invoke()
-        outs = [it.get_tensor(d["index"]) for d in it.get_output_details()]
+        outs = [float_output(it.get_tensor(d["index"]), d["quantization"]) for d in it.get_output_details()]
         with torch.no_grad():
             ref = [t.numpy() for t in model(torch.from_numpy(normalize(image[None])).permute(0, 3, 1, 2))]
-        if len(outs) != 3 or any(a.shape != b.shape for a, b in zip(outs, ref)):
+        ref = ref[:len(outs)] if len(outs) == 2 else ref  # an int8-output file: scores, offsets
+        if len(outs) not in (2, 3) or any(a.shape != b.shape for a, b in zip(outs, ref)):
             raise RuntimeError(f"{path}: outputs {[list(a.shape) for a in outs]}, the PyTorch model's are "
                                f"{[list(b.shape) for b in ref]} (scores, offsets, anchors)")
         for name, a, b in zip(names, outs, ref):
-            diffs[name] = max(diffs[name], float(np.abs(a.astype(np.float32) - b).max()))
-    return diffs
+            diffs[name] = max(diffs[name], float(np.abs(a - b).max()))
+    return {name: diffs[name] for name in names[:len(outs)]}
 
 
 def _parity_text(diffs: dict[str, float]) -> str:
@@ -293,6 +331,16 @@ def _saved_model(onnx_path: Path, workdir: Path, *, static_batch: bool = False) 
     workdir.mkdir(parents=True, exist_ok=True)
     prepared = onnx_stage.prepare_for_onnx2tf(onnx_path, workdir / "for_onnx2tf.onnx", static_batch=static_batch)
     return tf_stage.onnx_to_saved_model(prepared, workdir / "saved_model", workdir / "onnx2tf")
+
+
+def _with_memory_plan(data: bytes, target: str, result: ExportResult, log) -> bytes:
+    from ssd_mnv1.memory_plan import plan_file
+
+    planned, stats = plan_file(data, target)
+    result.memory_plans[target] = stats
+    log(f"{target}: offline memory plan {stats['plan_bytes']:,} B of activations (TFLM's greedy planner: "
+        f"{stats['greedy_bytes']:,} B; live-set peak {stats['live_peak_bytes']:,} B)")
+    return planned
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -50,6 +50,7 @@ def onnx_to_saved_model(onnx_path: str | os.PathLike, out_dir: str | os.PathLike
     import onnx2tf
 
     onnx_path, out_dir = Path(onnx_path).resolve(), Path(out_dir).resolve()
+    _reset_keras_names()
     log = io.StringIO()
     with _onnx2tf_environment(Path(workdir).resolve()), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=str(out_dir),
@@ -62,6 +63,14 @@ def onnx_to_saved_model(onnx_path: str | os.PathLike, out_dir: str | os.PathLike
     for extra in out_dir.glob("*.tflite"):  # onnx2tf's own float files; ours are written below
         extra.unlink()
     return out_dir
+
+
+def _reset_keras_names() -> None:
+    """Restart Keras's layer-name counters, which name the file's tensors (``model_31/...``): without
+    this, an export's bytes depend on how many exports ran before it in the process."""
+    import tf_keras
+
+    tf_keras.backend.clear_session()
 
 
 def _converter(saved_model_dir: Path):

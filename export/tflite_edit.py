@@ -16,18 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ssd_mnv1.int8 import int8_affine
+from ssd_mnv1.memory_plan import METADATA_NAME as PLAN_METADATA, plan_file, read_plan
 from ssd_mnv1.tflite_file import Graph, builtin_code, parse, read, schema as tflite_schema, to_bytes
 
 OUTPUT_NAMES = ("scores", "offsets", "anchors")
-
-
-def int8_affine(values: np.ndarray) -> tuple[float, int, np.ndarray]:
-    """Per-tensor asymmetric int8 quantization of a constant (TFLite's min/max rule, range incl. 0)."""
-    lo, hi = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
-    scale = (hi - lo) / 255.0
-    zero_point = int(np.clip(np.round(-128 - lo / scale), -128, 127))
-    q = np.clip(np.round(values / scale) + zero_point, -128, 127).astype(np.int8)
-    return scale, zero_point, q
 
 
 def _opcode_index(model, schema, builtin: int, version: int = 1) -> int:
@@ -195,18 +188,89 @@ def finalize_outputs(tflite: bytes, anchors: np.ndarray, *, quantized: bool, sta
     else:
         const_i = _add_tensor(model, sg, schema, "anchors_const", (1, na, 4), T.FLOAT32, anchors)
         _add_op(model, sg, schema, B.TILE, [const_i, multiples_i], [out_i])
-    sg.outputs = np.asarray([scores_i, offsets_i, out_i], dtype=np.int32)
-    for idx, name in zip((scores_i, offsets_i), OUTPUT_NAMES):
+    _set_outputs(model, sg, schema, (scores_i, offsets_i, out_i))
+    return to_bytes(model)
+
+
+def _set_outputs(model, sg, schema, outputs: tuple[int, ...]) -> None:
+    """The graph's and the signature's outputs, named as :data:`OUTPUT_NAMES` (scores, offsets, anchors)."""
+    sg.outputs = np.asarray(outputs, dtype=np.int32)
+    for idx, name in zip(outputs[:2], OUTPUT_NAMES):
         sg.tensors[idx].name = name.encode()
     for sig in model.signatureDefs or []:
         maps = []
-        for name, idx in zip(OUTPUT_NAMES, (scores_i, offsets_i, out_i)):
+        for name, idx in zip(OUTPUT_NAMES, outputs):
             m = schema.TensorMapT()
             m.name = name.encode()
             m.tensorIndex = int(idx)
             maps.append(m)
         sig.outputs = maps
-    return to_bytes(model)
+
+
+def int8_outputs(tflite: bytes, name: str = "TFLite model") -> bytes:
+    """An int8 file with ST's float outputs (scores, offsets, anchors) turned into two int8 outputs:
+    the int8 scores and offsets its DEQUANTIZEs read (their scale and zero point in the file), and
+    no anchors (the host holds them: :func:`ssd_mnv1.anchors.deployed_anchors`, the values of the
+    anchors output removed). The same integers: nothing is recomputed, ops and tensors that only
+    fed the removed outputs are dropped, and so are the constant buffers only they used. A file
+    with an offline memory plan gets a new one (tensor indices change)."""
+    schema = tflite_schema()
+    file = parse(tflite, name)
+    model, graph, sg = file.flatbuffer, file.main, file.flatbuffer.subgraphs[0]
+    if len(graph.outputs) != 3:
+        raise ValueError(f"{name}: {len(graph.outputs)} outputs; int8 outputs are made from ST's three "
+                         "(scores, offsets, anchors)")
+    producers = graph.producers()
+    dequantize = [producers.get(i) for i in graph.outputs[:2]]
+    if any(op is None or op.name != "DEQUANTIZE" or graph.tensors[op.inputs[0]].type_name != "INT8"
+           for op in dequantize):
+        raise ValueError(f"{name}: the scores and offsets are not each the DEQUANTIZE of an int8 tensor "
+                         "(int8 outputs need an int8 file)")
+    outputs = tuple(int(op.inputs[0]) for op in dequantize)
+    needed, keep = set(outputs), []
+    for op in reversed(graph.operators):  # the ops the new outputs depend on
+        if needed & set(op.outputs):
+            keep.append(op.index)
+            needed |= {i for i in op.inputs if i >= 0}
+    sg.operators = [sg.operators[k] for k in sorted(keep)]
+    _set_outputs(model, sg, schema, outputs)
+    _drop_unused_tensors(model, sg)
+    planned = read_plan(file) is not None  # its offsets name the old tensor indices: planned again below
+    model.metadata = [m for m in model.metadata or [] if (m.name or b"").decode() != PLAN_METADATA]
+    _drop_unused_buffers(model)
+    data = to_bytes(model)
+    return plan_file(data, name)[0] if planned else data
+
+
+def _drop_unused_tensors(model, sg) -> None:
+    """Remove the tensors no op or graph input/output uses, renumbering the rest (signatures too)."""
+    used = {int(i) for op in sg.operators for i in list(op.inputs) + list(op.outputs) if i >= 0}
+    used |= {int(i) for i in sg.inputs} | {int(i) for i in sg.outputs}
+    new_index = {old: new for new, old in enumerate(sorted(used))}
+    sg.tensors = [t for k, t in enumerate(sg.tensors) if k in used]
+    remap = (lambda ids: np.asarray([new_index[int(i)] if i >= 0 else -1 for i in ids], dtype=np.int32))
+    for op in sg.operators:
+        op.inputs, op.outputs = remap(op.inputs), remap(op.outputs)
+    sg.inputs, sg.outputs = remap(sg.inputs), remap(sg.outputs)
+    for sig in model.signatureDefs or []:
+        for m in list(sig.inputs or []) + list(sig.outputs or []):
+            m.tensorIndex = new_index[int(m.tensorIndex)]
+
+
+def _drop_unused_buffers(model) -> None:
+    """Remove the buffers no tensor or metadata entry uses (buffer 0, the empty one, stays)."""
+    used = {0} | {int(t.buffer) for sg in model.subgraphs for t in sg.tensors}
+    used |= {int(m.buffer) for m in model.metadata or []}
+    used |= {int(b) for b in (model.metadataBuffer if model.metadataBuffer is not None else [])}
+    new_index = {old: new for new, old in enumerate(sorted(used))}
+    model.buffers = [b for k, b in enumerate(model.buffers) if k in used]
+    for sg in model.subgraphs:
+        for t in sg.tensors:
+            t.buffer = new_index[int(t.buffer)]
+    for m in model.metadata or []:
+        m.buffer = new_index[int(m.buffer)]
+    if model.metadataBuffer is not None:
+        model.metadataBuffer = [new_index[int(b)] for b in model.metadataBuffer]
 
 
 def op_list(tflite_path) -> list[str]:

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import torch
 
+from .int8 import dequantize, int8_affine
 from .specs import ANCHOR_RATIOS, ResolutionSpec, resolution_spec
 
 
@@ -52,3 +53,16 @@ def generate_anchors(spec: ResolutionSpec | int, dtype: torch.dtype = torch.floa
         spec = resolution_spec(spec)
     per_level = [level_anchors(n, s, spec.input_size) for n, s in zip(spec.level_sizes, spec.anchor_sizes)]
     return torch.from_numpy(np.concatenate(per_level)).to(dtype)
+
+
+def int8_anchors(spec: ResolutionSpec | int) -> tuple[float, int, np.ndarray]:
+    """(scale, zero point, codes ``(NA, 4)``) of the anchors as the project's int8 files hold them:
+    the float32 anchors quantized per tensor with TFLite's min/max rule."""
+    return int8_affine(generate_anchors(spec).numpy())
+
+
+def deployed_anchors(spec: ResolutionSpec | int) -> np.ndarray:
+    """The anchors an int8 file's anchors output gives (TFLM's DEQUANTIZE of :func:`int8_anchors`),
+    float32 ``(NA, 4)``: what the host uses for a file with int8 outputs, which has no anchors output."""
+    scale, zero_point, codes = int8_anchors(spec)
+    return dequantize(codes, scale, zero_point)

@@ -64,4 +64,5 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f"{path}: weights do not fit the {hp['input_size']} model: "
                          f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+    model.qat_guard = hp.get("qat_guard")  # a QAT run's guard: which weights it kept (QuantizationAwareTraining)
     return model

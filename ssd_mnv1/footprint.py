@@ -2,6 +2,8 @@
 and the arena TensorFlow Lite Micro allocates for it.
 
     python -m ssd_mnv1.footprint MODEL [--calib DIR] [--threads 1] [--runs 50]
+    python -m ssd_mnv1.footprint --size S [S ...] [--classes C] [--alpha A] [--int8-outputs]
+                                 [--ram KiB] [--flash KiB] [--json FILE]
 
 MODEL is a ``.ckpt``/``.h5`` (exported on the fly to the ``--mcu`` int8 file, the one TFLite Micro
 loads; random calibration images unless --calib, which changes no size) or an int8 ``.tflite``.
@@ -12,7 +14,13 @@ For a file TFLite Micro (TFLM, the ``mcu`` extra) loads, the arena bytes come fr
 allocation report (its RecordingMicroAllocator), next to ST's published activation RAM and weights
 flash (Cube.AI 10.0, STM32H747) and next to the project's two estimates: the live-set peak (the
 least any planner keeping each tensor whole needs) and a mirror of TFLM's greedy memory planner,
-which gives TFLM's activation bytes exactly.
+which gives TFLM's activation bytes exactly. The file's tensors alive at the live-set peak are named.
+
+Without MODEL, ``--size`` gives the budget of a configuration that has no weights yet (size,
+classes, width, output variant): for each size, the ``--mcu`` int8 file its export would write is
+exported from seeded random weights and measured in TFLM (:mod:`ssd_mnv1.export.budget`; about 30 s
+a size): MACs, flash, arena, the C bundle's arena with its margin, and with ``--ram`` / ``--flash``
+whether it fits the part. The last line is the table as JSON.
 """
 
 from __future__ import annotations
@@ -31,11 +39,29 @@ from .zoo import RELEASES, st_release
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ssd_mnv1.footprint", description=__doc__.split("\n")[0])
-    parser.add_argument("model", help=".ckpt, .h5 or int8 .tflite, or a model zoo name (ssd_mnv1.zoo.MODEL_ZOO)")
+    parser.add_argument("model", nargs="?",
+                        help=".ckpt, .h5 or int8 .tflite, or a model zoo name (ssd_mnv1.zoo.MODEL_ZOO)")
     parser.add_argument("--calib", help="calibration images for the on-the-fly int8 export (default: random)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=50)
+    budget = parser.add_argument_group("budget of a configuration without weights (no MODEL)")
+    budget.add_argument("--size", type=int, nargs="+", metavar="S", help="input sizes (multiples of 32, 128-512)")
+    budget.add_argument("--classes", type=int, default=1, help="classes without the background (default 1)")
+    budget.add_argument("--alpha", type=float, default=0.25, help="MobileNet width (default 0.25)")
+    budget.add_argument("--int8-outputs", action="store_true", help="the int8-output variant (export --int8-outputs)")
+    budget.add_argument("--ram", type=float, metavar="KiB", help="RAM for the tensor arena: does it fit?")
+    budget.add_argument("--flash", type=float, metavar="KiB", help="flash for the model file: does it fit?")
+    budget.add_argument("--json", help="also write the budget table (JSON) to this file")
     args = parser.parse_args(argv)
+    if (args.model is None) == (args.size is None):
+        parser.error("give MODEL, or --size S [S ...] for a configuration without weights (not both)")
+    budget_only = [f"--{name.replace('_', '-')}" for name in ("classes", "alpha", "int8_outputs", "ram", "flash", "json")
+                   if getattr(args, name) != parser.get_default(name)]
+    if args.model is not None and budget_only:
+        parser.error(f"{', '.join(budget_only)} describe a configuration without weights: use them with --size, "
+                     "not with MODEL")
+    if args.size is not None:
+        return _budget(args)
 
     from .export.pipeline import export, models_for_export
     from .export.tf_stage import quiet_tensorflow
@@ -93,6 +119,38 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"\nST published no figures for {size}x{size} (it released {', '.join(map(str, RELEASES))}).")
         print(tflm_markdown(tflm, size))
+    return 0
+
+
+def _budget(args) -> int:
+    import json
+    import sys
+
+    from .export.budget import budget_markdown, measure
+    from .export.tf_stage import quiet_tensorflow
+    from .fileio import atomic_write_text, output_file
+    from .specs import SUPPORTED_ALPHAS, resolution_spec
+
+    for size in args.size:
+        resolution_spec(size)  # one error naming the supported sizes
+    if args.classes < 1:
+        raise ValueError(f"--classes must be 1 or more, got {args.classes}")
+    if args.alpha not in SUPPORTED_ALPHAS:
+        raise ValueError(f"--alpha must be one of {', '.join(map(str, SUPPORTED_ALPHAS))}, got {args.alpha}")
+    if args.json:
+        output_file(args.json, "--json")
+    quiet_tensorflow()
+    budgets = []
+    for k, size in enumerate(args.size, 1):
+        print(f"[{k}/{len(args.size)}] exporting and measuring {size}x{size}, {args.classes} class(es)",
+              file=sys.stderr, flush=True)
+        budgets.append(measure(size, args.classes, args.alpha, int8_outputs=args.int8_outputs, ram_kib=args.ram,
+                               flash_kib=args.flash))
+    print(budget_markdown(budgets, args.ram, args.flash))
+    line = json.dumps({"budgets": [b.to_dict() for b in budgets], "ram_kib": args.ram, "flash_kib": args.flash})
+    if args.json:
+        atomic_write_text(args.json, line + "\n")
+    print(line)
     return 0
 
 

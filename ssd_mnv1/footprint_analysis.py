@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .specs import SUPPORTED_ALPHAS, resolution_spec, scaled_channels
+from .memory_plan import lifetimes, live_peak, plan_bytes, read_plan, tflm_greedy_plan, tflm_plan
 from .tflite_file import Graph, Operator, read as read_tflite
 from .zoo import RELEASES, st_release
 
@@ -64,8 +65,9 @@ def tflite_architecture(tflite_path) -> dict:
                          f"MobileNet width gives (alpha {', '.join(map(str, SUPPORTED_ALPHAS))} -> "
                          f"{', '.join(str(scaled_channels(32, a)) for a in SUPPORTED_ALPHAS)} channels)")
     widths = [int(sg.tensors[i].shape[-1]) for i in sg.outputs]
-    if len(widths) != 3:
-        raise ValueError(f"{tflite_path}: {len(widths)} outputs; an SSD detector has 3 (scores, offsets, anchors)")
+    if len(widths) not in (2, 3):
+        raise ValueError(f"{tflite_path}: {len(widths)} outputs; an SSD detector has 3 (scores, offsets, anchors), "
+                         "or 2 with int8 outputs (scores, offsets)")
     scores = [w for w in widths if w != 4] or [4]
     if len(scores) != 1:
         raise ValueError(f"{tflite_path}: outputs {widths} wide; an SSD detector has one score output "
@@ -81,89 +83,31 @@ def tflite_architecture(tflite_path) -> dict:
 
 
 def peak_activation_bytes(tflite_path) -> int:
-    """Peak of the bytes of live activation tensors, executing the ops in order.
-
-    A tensor lives from the op that writes it to the last op that reads it (graph inputs from the
-    start, outputs to the end); constants are excluded. This is the least memory any planner that
-    keeps every tensor whole (no in-place reuse) can give the graph: a lower bound, which a real
-    planner exceeds by its fragmentation (TFLite Micro's: :func:`tflm_plan_bytes`).
-    """
-    sg = read_tflite(tflite_path).main
-    n_ops = len(sg.operators)
-    first, last = {}, {}
-    for i in sg.inputs:
-        first[i] = 0
-    for step, op in enumerate(sg.operators):
-        for i in op.outputs:
-            if i >= 0:
-                first.setdefault(i, step)
-        for i in op.inputs:
-            if i >= 0 and not sg.tensors[i].constant:
-                last[i] = step
-    for i in sg.outputs:
-        last[i] = n_ops
-    nbytes = {i: sg.tensors[i].nbytes for i in first}
-    peak = 0
-    for step in range(n_ops):
-        live = sum(b for i, b in nbytes.items() if first[i] <= step <= last.get(i, first[i]))
-        peak = max(peak, live)
-    return peak
-
-
-#: TFLite Micro aligns every arena buffer to this many bytes (MicroArenaBufferAlignment()).
-TFLM_BUFFER_ALIGNMENT = 16
+    """The live-set peak of the file's activations (TFLM's lifetimes, 16-byte aligned buffers): the
+    least arena head any plan that keeps tensors whole can have (:func:`ssd_mnv1.memory_plan.live_peak`)."""
+    return live_peak(lifetimes(read_tflite(tflite_path).main))[0]
 
 
 def tflm_plan_bytes(tflite_path) -> int:
     """The activation bytes TFLite Micro's memory planner gives the file (the arena's non-persistent
-    "head", kernels' scratch buffers aside), computed the way TFLM does it, without TFLM.
+    head, kernels' scratch buffers aside), computed without TFLM: its greedy planner, around the
+    file's offline plan when it has one (:func:`ssd_mnv1.memory_plan.tflm_plan`)."""
+    return plan_bytes(*tflm_plan(read_tflite(tflite_path)))
 
-    Lifetimes as TFLM's ``AllocationInfoBuilder``: graph inputs from scope 0, op ``k`` at scope
-    ``k + 1`` creates its outputs and last-uses its inputs and outputs, graph outputs last to the
-    end; constants are not planned. Each buffer is rounded up to :data:`TFLM_BUFFER_ALIGNMENT`.
-    Placement as TFLM's ``GreedyMemoryPlanner``: buffers by decreasing size (ties: the later
-    tensor first, as its stable sort of a reversed list gives), each at the lowest offset where it
-    overlaps no placed buffer that is live at the same time. The result is the highest end offset.
-    """
-    sg = read_tflite(tflite_path).main
-    first: dict[int, int] = {}
-    last: dict[int, int] = {}
 
-    def use(i: int, scope: int) -> None:
-        last[i] = max(last.get(i, scope), scope)
-
-    for i in sg.inputs:
-        first.setdefault(i, 0)
-        use(i, 0)
-    scope = 0
-    for op in sg.operators:
-        scope += 1
-        outputs = [i for i in op.outputs if i >= 0]
-        for i in outputs:
-            first.setdefault(i, scope)
-        for i in [i for i in op.inputs if i >= 0] + outputs:
-            use(i, scope)
-    for i in sg.outputs:
-        use(i, scope)
-    align = TFLM_BUFFER_ALIGNMENT
-    buffers = [(-(-t.nbytes // align) * align, first[t.index], last[t.index])
-               for t in sg.tensors if t.index in first and not t.constant]
-    order = sorted(reversed(range(len(buffers))), key=lambda k: -buffers[k][0])  # sorted() is stable
-    placed: list[tuple[int, int]] = []  # (offset, buffer), by offset
-    high = 0
-    for k in order:
-        size, start, end = buffers[k]
-        offset = 0
-        for other_offset, other in placed:  # the live-at-the-same-time ones, lowest offset first
-            _, o_start, o_end = buffers[other]
-            if o_end < start or o_start > end:
-                continue
-            if other_offset - offset >= size:
-                break
-            offset = max(offset, other_offset + buffers[other][0])
-        placed.insert(next((j for j, (o, _) in enumerate(placed) if o > offset), len(placed)), (offset, k))
-        high = max(high, offset + size)
-    return high
+def peak_tensors(tflite_path) -> dict:
+    """Where the live-set peak is: ``{"bytes", "op" (index), "op_name", "tensors": [(name, bytes), ...],
+    "also_at": [(op index, name), ...]}`` (the op that runs at the first peak scope; the tensors alive
+    there, largest first; later ops where as many bytes are alive)."""
+    graph = read_tflite(tflite_path).main
+    buffers = lifetimes(graph)
+    total, scope, alive = live_peak(buffers)
+    op = graph.operators[scope - 1] if scope else None
+    ties = [s for s in range(scope + 1, len(graph.operators) + 1)
+            if sum(b.size for b in buffers if b.first <= s <= b.last) == total]
+    return {"bytes": total, "op": None if op is None else op.index, "op_name": "graph input" if op is None else op.name,
+            "tensors": [(graph.tensors[b.tensor].name, b.size) for b in sorted(alive, key=lambda b: -b.size)],
+            "also_at": [(graph.operators[s - 1].index, graph.operators[s - 1].name) for s in ties]}
 
 
 def constant_bytes(tflite_path) -> int:
@@ -211,8 +155,9 @@ def tflm_footprint(tflite_path) -> dict:
     installed); else ``loads``, ``arena_bytes`` (head + tail: the smallest ``tensor_arena``),
     ``arena_checked`` (the file loaded and ran in an arena of exactly that size), ``head_bytes``,
     ``tail_bytes``, ``flash_bytes`` (the file), ``constant_bytes``, the estimates ``plan_bytes``
-    (:func:`tflm_plan_bytes`) and ``live_peak_bytes`` (:func:`peak_activation_bytes`), and
-    ``report`` (TFLM's text)."""
+    (:func:`tflm_plan_bytes`) and ``live_peak_bytes`` (:func:`peak_activation_bytes`),
+    ``offline_plan`` (the file carries one), ``greedy_bytes`` (TFLM's own planner's head without
+    it), ``peak`` (:func:`peak_tensors`) and ``report`` (TFLM's text)."""
     from .runners import TFLMRunner, TFLMUnsupportedModel, tflm_available
 
     if not tflm_available():
@@ -230,10 +175,14 @@ def tflm_footprint(tflite_path) -> dict:
         exact = True
     except TFLMUnsupportedModel:
         exact = False
+    file = read_tflite(tflite_path)
+    buffers = lifetimes(file.main)
     return {"loads": True, "arena_bytes": report.arena_bytes, "arena_checked": exact, "head_bytes": report.head_bytes,
             "tail_bytes": report.tail_bytes, "flash_bytes": runner.flash_bytes,
             "constant_bytes": constant_bytes(tflite_path), "plan_bytes": tflm_plan_bytes(tflite_path),
-            "live_peak_bytes": peak_activation_bytes(tflite_path), "report": report.text.strip()}
+            "offline_plan": bool(read_plan(file)), "greedy_bytes": plan_bytes(buffers, tflm_greedy_plan(buffers)),
+            "live_peak_bytes": peak_activation_bytes(tflite_path), "peak": peak_tensors(tflite_path),
+            "report": report.text.strip()}
 
 
 def tflm_markdown(tflm: dict, size: int) -> str:
@@ -252,11 +201,16 @@ def tflm_markdown(tflm: dict, size: int) -> str:
     plan = tflm["plan_bytes"]
     same = ("equal to TFLM's head" if plan == tflm["head_bytes"] else
             f"{plan - tflm['head_bytes']:+,} bytes from TFLM's head")
+    peak = tflm["peak"]
+    alive = ", ".join(f"`{name}` {size:,} B" for name, size in peak["tensors"])
+    planned = (f"the file's offline memory plan (TFLM's own greedy planner would take {tflm['greedy_bytes']:,} B = "
+               f"{_kib(tflm['greedy_bytes'])})" if tflm["offline_plan"] else
+               "TFLM's greedy planner (no offline plan in the file; `export --mcu` embeds one at the live-set peak)")
     lines += [
         "| quantity | TFLM, measured (its own allocation report) | ST, published (Cube.AI 10.0, STM32H747) | "
         "project estimate |",
         "|---|---|---|---|",
-        f"| activations: arena head (tensors as TFLM's planner packs them; the uint8 input and float32 outputs "
+        f"| activations: arena head (tensors placed by {planned}; the uint8 input and the outputs "
         f"included) | {tflm['head_bytes']:,} B = {_kib(tflm['head_bytes'])} | {fmt_st(st_act, 'activation RAM')} | "
         f"TFLM planner mirror {plan:,} B = {_kib(plan)} ({same}); live-set peak {tflm['live_peak_bytes']:,} B = "
         f"{_kib(tflm['live_peak_bytes'])} (the least any planner keeping tensors whole needs) |",
@@ -268,12 +222,19 @@ def tflm_markdown(tflm: dict, size: int) -> str:
         f"{_kib(tflm['flash_bytes'])}, of which constants {_kib(tflm['constant_bytes'])} | "
         f"{fmt_st(st_flash, 'weights flash')} | – |",
         "",
+        f"Live-set peak: at op {peak['op']} ({peak['op_name']}), where {alive} are alive together"
+        + (f" (the same bytes again at op {', '.join(f'{i} ({n})' for i, n in peak['also_at'])})" if peak["also_at"]
+           else "") + ". A plan can only "
+        "go below it by writing an op's output over its own input, which depends on the kernel's loop order "
+        "(CMSIS-NN's 1x1 convolution re-reads every input pixel for each pair of output channels), so the "
+        "project's plans never do.",
+        "",
         "How the runtimes differ: ST's figures are for STM32Cube.AI, ST's own runtime, which compiles the graph "
         "to C with its own memory planner and weight layout; ours are TensorFlow Lite Micro's, the open runtime, "
-        "which interprets the .tflite flatbuffer from flash and places every non-constant tensor in one arena "
-        "with a greedy planner (largest buffers first, each tensor whole, no in-place reuse). The project's "
-        "planner mirror reproduces TFLM's activation bytes without TFLM; the live-set peak is the lower bound "
-        "for such a planner, which TFLM's exceeds by its fragmentation. (A dynamic-batch file, ST's or ours, "
+        "which interprets the .tflite flatbuffer from flash and places every non-constant tensor in one arena, "
+        "at the offsets of the file's offline plan when it has one, else with its greedy planner (largest "
+        "buffers first, each tensor whole, no in-place reuse). The project's planner mirror reproduces TFLM's "
+        "activation bytes without TFLM. (A dynamic-batch file, ST's or ours, "
         "reads its input again at the end to tile the anchors, which keeps the input alive throughout and "
         "raises every estimate; TFLM cannot load such a file.) TFLM's persistent part (per-tensor and per-node "
         "structs, per-channel requantization data) was measured with this 64-bit host build: on a 32-bit "

@@ -41,7 +41,17 @@ def reference_dir() -> Path:
 @pytest.fixture(scope="session")
 def coco_person_val() -> Path:
     """The shared COCO-person val subset (690 images); skips the test when it is absent."""
-    root = SHARED / "data" / "coco2017_person_val"
+    return _shared_dataset("coco2017_person_val")
+
+
+@pytest.fixture(scope="session")
+def coco_person_train() -> Path:
+    """The shared COCO-person train subset (167 images); skips the test when it is absent."""
+    return _shared_dataset("coco2017_person_train")
+
+
+def _shared_dataset(name: str) -> Path:
+    root = SHARED / "data" / name
     if not (root / "annotations.json").is_file():
         pytest.skip(f"{root} not present")
     return root

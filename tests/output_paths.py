@@ -9,7 +9,7 @@ twice). A read-only folder is ``chmod 555``, or for root (who may write there an
 tmpfs; a full disk is a 256 KiB tmpfs filled to the last byte (root only: both need ``mount``;
 the case is left out where that is not possible). ``convert`` needs ST's ``.h5``
 (``../shared/reference``, or ``$SSD_MNV1_SHARED``); without it its case that runs to the end is
-left out. ``footprint`` writes nothing but stdout.
+left out. ``footprint`` writes a file only with ``--json`` (the budget of ``--size``).
 
 For each case: the exit status, the ``error:`` lines (a failure must give exactly one, naming the
 path, and no traceback) and the temporary or partial files left behind (there must be none).
@@ -146,6 +146,8 @@ COMMANDS = (
             runs=lambda i: False, leaf="table.md"),
     Command("export --out", "ssd_mnv1.export.__main__", "folder",
             lambda i, p: [str(i.checkpoint), "--to", "onnx", "--out", str(p)], slow=True),
+    Command("footprint --json", "ssd_mnv1.footprint", "file",
+            lambda i, p: ["--size", "128", "--json", str(p)], leaf="budget.json", slow=True),
     Command("fit --trainer.default_root_dir", "ssd_mnv1.fit", "folder", _fit_argv, slow=True,
             again="the folder is used again: last.ckpt, config.yaml and fit_report.json replaced atomically; "
                   "a best checkpoint of the same name gets a -v1 suffix"),
@@ -331,7 +333,7 @@ def table(cases: list[Case], root: Path) -> list[str]:
             case.name, case.name)
         message = describe(case, root).replace("|", "\\|")
         lines.append(f"| `{case.command.label}` | {label} | {code} | {message} |")
-    lines.append("| `footprint` | – | – | writes no file (prints its tables only) |")
+    lines.append("| `footprint MODEL` | – | – | writes no file (prints its tables only) |")
     return lines
 
 

@@ -18,10 +18,10 @@ PACKAGES = {"ssd_mnv1": ROOT / "ssd_mnv1", "ssd_mnv1.export": ROOT / "export"}
 
 #: Bottom to top. A module may import its own layer and those below; the most specific prefix wins.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("specs", "fileio", "cpus", "progress", "preprocess", "box_coder", "zoo", "download", "hub")),
+    ("foundation", ("specs", "int8", "fileio", "cpus", "progress", "preprocess", "box_coder", "zoo", "download", "hub")),
     ("model", ("anchors", "layers", "backbone", "neck", "head", "model", "postprocess", "postprocess_c")),
     ("quantization and metrics", ("quantization", "metrics")),
-    ("model files", ("weights", "checkpoint", "loading", "tflite_file")),
+    ("model files", ("weights", "checkpoint", "loading", "tflite_file", "memory_plan")),
     ("data and runners", ("data", "runners")),
     ("training and evaluation", ("training", "evaluation", "prediction", "reproduction", "footprint_analysis")),
     ("export", ("export",)),

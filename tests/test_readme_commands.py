@@ -144,6 +144,8 @@ def shorten(kind: str, words: list[str]) -> list[str]:
     for flag, more in SHORTEN_IF.items():
         if flag in words:
             extra += more
+    if kind == "footprint" and "--size" in words:  # a budget: its first size only (one export)
+        extra += ["--size", option_values(words, "--size")[0]]
     return extra
 
 
@@ -241,7 +243,13 @@ def expect_export(ran: Ran) -> None:
         path = ran.path(found.group(1)).resolve()
         assert path.is_file() and path.parent == out and path.suffix == SUFFIX[target], f"{path}\n{ran.tail()}"
         if "--mcu" in ran.words and target.startswith("tflite"):
-            assert path.name.endswith("_mcu.tflite"), path
+            int8out = "--int8-outputs" in ran.words and target == "tflite-int8"
+            assert path.name.endswith("_mcu_int8out.tflite" if int8out else "_mcu.tflite"), path
+        if "--int8-outputs" in ran.words and target == "tflite-int8":
+            from ssd_mnv1.tflite_file import read
+
+            graph = read(path).main
+            assert [graph.tensors[i].type_name for i in graph.outputs] == ["INT8", "INT8"], ran.tail()
     if "--ledger" in ran.words:
         ledger = json.loads((out / "ledger.json").read_text())
         assert ledger["stages"], ran.tail()
@@ -265,6 +273,14 @@ def expect_predict(ran: Ran) -> None:
 
 
 def expect_footprint(ran: Ran) -> None:
+    if "--size" in ran.words:  # a budget: the JSON table, one row per size, TFLM's arena in it
+        result = json.loads(ran.proc.stdout.strip().splitlines()[-1])
+        sizes = [b["input_size"] for b in result["budgets"]]
+        assert sizes == [int(v) for v in option_values(ran.words, "--size")], ran.tail()
+        for budget in result["budgets"]:
+            assert budget["arena_bytes"] == budget["head_bytes"] + budget["tail_bytes"] > 0, ran.tail()
+            assert budget["fits_ram"] == (budget["arena_with_margin_bytes"] <= result["ram_kib"] * 1024), ran.tail()
+        return
     rows = {"peak activation memory": r"peak activation memory[^|]*\|\s*([\d.]+) KiB"}
     if positionals(ran.words, 3)[0].endswith("_mcu.tflite"):
         rows["TFLite Micro arena"] = r"TFLite Micro arena[^|]*\|\s*([\d.]+) KiB"

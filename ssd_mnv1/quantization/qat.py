@@ -214,16 +214,18 @@ def reset_ranges(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def to_float(model: SSDMobileNetV1) -> SSDMobileNetV1:
+def to_float(model: SSDMobileNetV1, on_grid: bool = True) -> SSDMobileNetV1:
     """A float copy with folded, int8-grid weights, identity BN and empty quantization slots,
-    for the TFLite converter (which then re-derives the same weight scales)."""
+    for the TFLite converter (which then re-derives the same weight scales). ``on_grid`` False
+    keeps the folded float weights as they are: the float model a post-training export starts
+    from (a QAT run whose guard kept its start exports as that start would)."""
     if not is_qat(model):
         raise ValueError("to_float expects a model prepared with prepare_qat")
     out = copy.deepcopy(model).eval()
     for module in out.modules():
         if isinstance(module, ConvBN):
             weight, bias = module.folded_weight_and_bias()
-            module.conv.weight.copy_(module.weight_quant(weight))
+            module.conv.weight.copy_(module.weight_quant(weight) if on_grid else weight)
             if module.conv.bias is not None:
                 module.conv.bias.zero_()
             bn = module.bn

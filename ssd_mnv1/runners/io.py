@@ -2,7 +2,9 @@
 (ST's host conversions), the input preparation of TFLite/TFLM files, and which output is which.
 
 A runner takes a batch of images already stretched to SxS (uint8 NHWC, as ST's evaluation and the
-device see them) and returns ST's three float outputs ``(scores, offsets, anchors)`` as numpy arrays.
+device see them) and returns ST's three float outputs ``(scores, offsets, anchors)`` as numpy arrays;
+a file with int8 outputs (``export --outputs int8``: scores and offsets, no anchors) gets them
+dequantized and the anchors its float twin would output (:func:`ssd_mnv1.anchors.deployed_anchors`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ..anchors import generate_anchors
+from ..anchors import deployed_anchors, generate_anchors
+from ..int8 import dequantize
 from ..preprocess import normalize
 
 #: uint8 input of an int8 TFLite file: ``raw`` pixels (the STM32 firmware), ``st`` = ST 2.0's host
@@ -112,11 +115,25 @@ def output_roles(outputs: list[np.ndarray], anchors: np.ndarray | None = None) -
     return roles
 
 
+def float_output(values: np.ndarray, quantization: tuple[float, int]) -> np.ndarray:
+    """An output as float32: an int8/uint8 one dequantized as TFLM's DEQUANTIZE would (scale 0: not quantized)."""
+    scale, zero_point = quantization
+    if values.dtype in (np.int8, np.uint8) and scale:
+        return dequantize(values, scale, zero_point)
+    return values.astype(np.float32)
+
+
 def identify_outputs(outputs: list[np.ndarray], input_size: int) -> tuple[np.ndarray, ...]:
     """The model's outputs in ST's order (scores, offsets, anchors), by :func:`output_roles` with the
-    anchors of the ``input_size`` model."""
+    anchors of the ``input_size`` model. Two outputs are an int8-output file's scores and offsets:
+    the anchors are the ones its float twin outputs."""
+    if len(outputs) == 2:
+        batch = outputs[0].shape[0]
+        anchors = np.broadcast_to(deployed_anchors(input_size), (batch, *deployed_anchors(input_size).shape))
+        outputs = [*outputs, np.ascontiguousarray(anchors)]
     if len(outputs) != 3:
-        raise ValueError(f"expected 3 outputs (scores, offsets, anchors), the model has {len(outputs)}")
+        raise ValueError(f"expected 3 outputs (scores, offsets, anchors) or 2 (int8 scores, offsets), the model "
+                         f"has {len(outputs)}")
     ref = generate_anchors(input_size).numpy()
     roles = output_roles(outputs, ref)
     if "anchors" not in roles:

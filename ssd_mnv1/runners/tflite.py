@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import existing_file
-from .io import check_int8_input, identify_outputs, prepare_quantized_input
+from .io import check_int8_input, float_output, identify_outputs, prepare_quantized_input
 
 #: LiteRT kernels: ``xnnpack`` (the CPU default), ``builtin`` (LiteRT's optimized builtin kernels, no
 #: delegate) or ``reference`` (TFLite's reference kernels, ``OpResolverType.BUILTIN_REF``: TensorFlow
@@ -49,7 +49,8 @@ class TFLiteRunner:
         for image in images:
             self.interpreter.set_tensor(self.input["index"], self._prepare(image))
             self.interpreter.invoke()
-            per_image.append([self.interpreter.get_tensor(o["index"]).astype(np.float32) for o in self.outputs])
+            per_image.append([float_output(self.interpreter.get_tensor(o["index"]), o["quantization"])
+                              for o in self.outputs])
         outs = [np.concatenate([p[k] for p in per_image]) for k in range(len(self.outputs))]
         return identify_outputs(outs, self.input_size)
 

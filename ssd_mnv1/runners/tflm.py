@@ -28,7 +28,7 @@ from ..fileio import existing_file
 from ..hub import resolve_model_file
 from ..loading import model_format
 from ..tflite_file import parse as parse_tflite
-from .io import check_int8_input, identify_outputs, prepare_quantized_input
+from .io import check_int8_input, float_output, identify_outputs, prepare_quantized_input
 
 #: ``--runtime``: LiteRT (the TFLite interpreter, :mod:`ssd_mnv1.runners.tflite`) or TensorFlow Lite Micro.
 RUNTIMES = ("litert", "tflm")
@@ -179,7 +179,9 @@ class TFLMRunner:
         model = self.path.read_bytes()
         self.flash_bytes = len(model)
         self.interpreter, self.arena_size = load_interpreter(model, arena_size, path=self.path)
-        self.num_outputs = len(parse_tflite(model, str(self.path)).main.outputs)
+        graph = parse_tflite(model, str(self.path)).main
+        self.num_outputs = len(graph.outputs)
+        self.output_quantization = [graph.tensors[i].quantization.per_tensor or (0.0, 0) for i in graph.outputs]
         detail = self.interpreter.get_input_details(0)
         shape = [int(s) for s in detail["shape"]]
         if len(shape) != 4 or shape[0] != 1:
@@ -202,7 +204,8 @@ class TFLMRunner:
         """The file's outputs, in its own order, for one SxSx3 image."""
         self.interpreter.set_input(np.ascontiguousarray(self._prepare(image)), 0)
         self.interpreter.invoke()
-        return [np.asarray(self.interpreter.get_output(i)).astype(np.float32) for i in range(self.num_outputs)]
+        return [float_output(np.asarray(self.interpreter.get_output(i)), self.output_quantization[i])
+                for i in range(self.num_outputs)]
 
     def __call__(self, images: np.ndarray):
         images = np.asarray(images)

@@ -132,6 +132,7 @@ class SSDLightningModule(pl.LightningModule):
         self._match_anchors = generate_anchors(self.model.spec, torch.float64)
         self.teacher: nn.Module | None = None  # set by the QAT callback for distillation
         self.distillation_weight = 0.0
+        self.distillation_objective = "kl"  # or "detections" (ssd_mnv1.quantization.distill)
         self.step_profile = None  # a StepProfile callback while it times the training steps
         self._channels_last = bool(channels_last)  # decided in setup() when None (auto)
         # validation/test ST-AP; torchmetrics gathers its states over the ranks on compute()
@@ -203,14 +204,16 @@ class SSDLightningModule(pl.LightningModule):
         return loss, parts
 
     def _distillation(self, images: torch.Tensor, logits: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """The QAT teacher's distillation loss (:func:`~ssd_mnv1.quantization.distillation_loss`) of
-        the student's ``logits`` / ``offsets`` on ``images``."""
-        from ..quantization import distillation_loss
+        """The QAT teacher's distillation loss of the student's ``logits`` / ``offsets`` on ``images``:
+        :func:`~ssd_mnv1.quantization.distillation_loss` (``kl``) or
+        :func:`~ssd_mnv1.quantization.distill.detection_distillation_loss` (``detections``)."""
+        from ..quantization.distill import detection_distillation_loss, distillation_loss
 
         self.teacher.eval()  # Lightning's train() reaches it too; its BN statistics stay frozen
         with torch.no_grad():
             t_logits, t_offsets = self.teacher.forward_logits(images)
-        return distillation_loss(logits.float(), offsets.float(), t_logits.float(), t_offsets.float())
+        loss = detection_distillation_loss if self.distillation_objective == "detections" else distillation_loss
+        return loss(logits.float(), offsets.float(), t_logits.float(), t_offsets.float())
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, parts = self.training_loss(batch)
@@ -260,8 +263,9 @@ class SSDLightningModule(pl.LightningModule):
         self.log("val_st_ap", 100.0 * self.val_metric.compute().ap, prog_bar=True, sync_dist=False)
 
     @torch.no_grad()
-    def evaluate_loader(self, loader) -> float:
-        """ST-AP (percent) of the current weights on ``loader`` in this process (fit reports)."""
+    def evaluate_loader(self, loader, detail: bool = False):
+        """ST-AP (percent) of the current weights on ``loader`` in this process (fit reports); with
+        ``detail`` the metric's whole result (per-detection matches, for paired intervals)."""
         was_training = self.training
         self.eval()
         metric = STAPEvaluator(self.model.input_size, self.hparams.val_variant, sync_on_compute=False)
@@ -269,7 +273,8 @@ class SSDLightningModule(pl.LightningModule):
             images = self._images(batch).to(self.device)
             self.update_st_ap(metric, batch, *self.model(images))
         self.train(was_training)
-        return 100.0 * metric.compute().ap
+        result = metric.compute()
+        return result if detail else 100.0 * result.ap
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
