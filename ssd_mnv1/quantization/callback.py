@@ -79,8 +79,9 @@ class QuantizationAwareTraining(pl.Callback):
       keep the QAT weights only when that split resolves their gain (the 95 % paired bootstrap
       interval of end - start over its images lies above 0); otherwise the start's weights are
       restored and ``last.ckpt`` is written again holding them (a few dozen images cannot tell a
-      gain of a point from noise, and the start is the known quantity). Either way the run says which it kept, and the
-      checkpoint records it (``hyper_parameters['qat_guard']``; ``export`` prints it).
+      gain of a point from noise, and the start is the known quantity). Either way the run says
+      which it kept, and the checkpoint records it (``hyper_parameters['qat_guard']``; ``export``
+      prints it). A resumed run (``--ckpt_path``) no longer knows its start and says it has no guard.
     Checkpoints are marked ``hyper_parameters['qat'] = True`` (and ``qat_per_tensor``) so every
     tool rebuilds the QAT model.
     """
@@ -167,7 +168,11 @@ class QuantizationAwareTraining(pl.Callback):
         return pl_module.evaluate_loader(trainer.datamodule.val_dataloader(), detail=True)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.guard or self.calibrate_only or trainer.fit_loop.epoch_loop.global_step != 0:
+        if not self.guard or self.calibrate_only:
+            return
+        if trainer.fit_loop.epoch_loop.global_step != 0:
+            print(f"QAT guard: off (resumed at step {trainer.fit_loop.epoch_loop.global_step}: the post-training "
+                  "start is not known here); last.ckpt will hold the QAT weights", flush=True)
             return
         self._start_state = copy.deepcopy(pl_module.model.state_dict())
         self._start_result = self._guard_score(trainer, pl_module)
