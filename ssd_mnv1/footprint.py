@@ -54,12 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     budget.add_argument("--json", help="also write the budget table (JSON) to this file")
     args = parser.parse_args(argv)
     if (args.model is None) == (args.size is None):
-        parser.error("give MODEL, or --size S [S ...] for a configuration without weights (not both)")
+        raise ValueError("give MODEL, or --size S [S ...] for a configuration without weights (not both)")
     budget_only = [f"--{name.replace('_', '-')}" for name in ("classes", "alpha", "int8_outputs", "ram", "flash", "json")
                    if getattr(args, name) != parser.get_default(name)]
     if args.model is not None and budget_only:
-        parser.error(f"{', '.join(budget_only)} describe a configuration without weights: use them with --size, "
-                     "not with MODEL")
+        raise ValueError(f"{', '.join(budget_only)}: for a configuration without weights (--size), not with MODEL")
     if args.size is not None:
         return _budget(args)
 
@@ -132,7 +131,10 @@ def _budget(args) -> int:
     from .specs import SUPPORTED_ALPHAS, resolution_spec
 
     for size in args.size:
-        resolution_spec(size)  # one error naming the supported sizes
+        try:
+            resolution_spec(size)
+        except ValueError as exc:  # one error naming the option and the supported sizes
+            raise ValueError(f"--size {size}: {exc}") from None
     if args.classes < 1:
         raise ValueError(f"--classes must be 1 or more, got {args.classes}")
     if args.alpha not in SUPPORTED_ALPHAS:

@@ -100,7 +100,10 @@ def peak_tensors(tflite_path) -> dict:
     "also_at": [(op index, name), ...]}`` (the op that runs at the first peak scope; the tensors alive
     there, largest first; later ops where as many bytes are alive)."""
     graph = read_tflite(tflite_path).main
-    buffers = lifetimes(graph)
+    return _peak(graph, lifetimes(graph))
+
+
+def _peak(graph: Graph, buffers: list) -> dict:
     total, scope, alive = live_peak(buffers)
     op = graph.operators[scope - 1] if scope else None
     ties = [s for s in range(scope + 1, len(graph.operators) + 1)
@@ -179,9 +182,9 @@ def tflm_footprint(tflite_path) -> dict:
     buffers = lifetimes(file.main)
     return {"loads": True, "arena_bytes": report.arena_bytes, "arena_checked": exact, "head_bytes": report.head_bytes,
             "tail_bytes": report.tail_bytes, "flash_bytes": runner.flash_bytes,
-            "constant_bytes": constant_bytes(tflite_path), "plan_bytes": tflm_plan_bytes(tflite_path),
+            "constant_bytes": constant_bytes(tflite_path), "plan_bytes": plan_bytes(*tflm_plan(file)),
             "offline_plan": bool(read_plan(file)), "greedy_bytes": plan_bytes(buffers, tflm_greedy_plan(buffers)),
-            "live_peak_bytes": peak_activation_bytes(tflite_path), "peak": peak_tensors(tflite_path),
+            "live_peak_bytes": live_peak(buffers)[0], "peak": _peak(file.main, buffers),
             "report": report.text.strip()}
 
 

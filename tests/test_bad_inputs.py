@@ -206,6 +206,22 @@ def error_case(fn):
 
 
 @error_case
+def budget_size_not_a_model_size(tmp, ckpt):
+    return ["ssd_mnv1.footprint", "--size", "100", "--json", tmp / "b.json"], ["--size 100: unsupported input_size 100"]
+
+
+@error_case
+def budget_option_with_a_model(tmp, ckpt):
+    return ["ssd_mnv1.footprint", ckpt, "--ram", "256"], ["--ram: for a configuration without weights (--size)"]
+
+
+@error_case
+def int8_outputs_without_an_int8_file(tmp, ckpt):
+    return (["ssd_mnv1.export", ckpt, "--to", "onnx", "--int8-outputs", "--out", tmp / "out"],
+            ["--int8-outputs applies to the int8 TFLite file"])
+
+
+@error_case
 def corrupt_jpeg(tmp, ckpt):
     bad = tmp / "corrupt.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)   # JPEG magic, then junk

@@ -129,7 +129,8 @@ def identify_outputs(outputs: list[np.ndarray], input_size: int) -> tuple[np.nda
     the anchors are the ones its float twin outputs."""
     if len(outputs) == 2:
         batch = outputs[0].shape[0]
-        anchors = np.broadcast_to(deployed_anchors(input_size), (batch, *deployed_anchors(input_size).shape))
+        deployed = deployed_anchors(input_size)
+        anchors = np.broadcast_to(deployed, (batch, *deployed.shape))
         outputs = [*outputs, np.ascontiguousarray(anchors)]
     if len(outputs) != 3:
         raise ValueError(f"expected 3 outputs (scores, offsets, anchors) or 2 (int8 scores, offsets), the model "
